@@ -1,0 +1,239 @@
+//! Persistence: one [`Store`] trait, two implementations (PostgreSQL for production
+//! and scale-out, SQLite for zero setup). Queries that read the same on both live once,
+//! in [`shared`]; only what must differ (rotation, connection, migrations) is written
+//! per backend.
+
+mod postgres;
+mod shared;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::tokens::keys::StoredKey;
+use crate::tokens::refresh::TokenHash;
+
+pub use postgres::PgStore;
+pub use sqlite::{SqliteStore, sqlite_path};
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (e.g. the email is taken).
+    #[error("conflict")]
+    Conflict,
+    /// The database cannot be reached or the pool is exhausted: worth a retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    #[error("store error: {0}")]
+    Other(sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// The one place database errors get their meaning.
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            _ => StoreError::Other(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub disabled_at: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub client_id: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A security event, written in the same transaction as the change it records.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub action: String,
+    pub user_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+    pub ip: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub event: AuditEvent,
+}
+
+/// The spend-and-issue step of a refresh, done as one statement.
+#[derive(Debug)]
+pub struct Rotation {
+    pub parent: TokenHash,
+    pub successor: TokenHash,
+    pub sealed_successor: Vec<u8>,
+    pub now: i64,
+    pub ttl_secs: i64,
+    /// When the caller named a client, the token must have been issued to it.
+    pub client_id: Option<String>,
+}
+
+/// What a successful rotation returns: enough to mint the access token.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub client_id: String,
+    pub scope: String,
+    pub roles: Vec<String>,
+    pub expires_at: i64,
+}
+
+/// Everything the rules need to judge a refresh token that could not be rotated.
+#[derive(Debug, Clone)]
+pub struct TokenState {
+    pub session: Session,
+    pub roles: Vec<String>,
+    pub user_disabled: bool,
+    pub expires_at: i64,
+    pub spent_at: Option<i64>,
+    pub sealed_successor: Option<Vec<u8>>,
+    pub successor_spent: bool,
+    pub successor_expires_at: Option<i64>,
+}
+
+/// Which sessions a revocation ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Revoke {
+    Session(Uuid),
+    /// Every live session of the user.
+    User(Uuid),
+    /// Every live session of the user but the one given.
+    UserExcept(Uuid, Uuid),
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+    fn migrate(&self) -> StoreFuture<'_, ()>;
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    fn create_user<'a>(
+        &'a self,
+        user: &'a User,
+        password_hash: &'a str,
+        event: &'a AuditEvent,
+    ) -> StoreFuture<'a, ()>;
+    /// The user and password hash for an email.
+    fn user_credentials<'a>(&'a self, email: &'a str) -> StoreFuture<'a, Option<(User, String)>>;
+    fn user(&self, id: Uuid) -> StoreFuture<'_, Option<User>>;
+    fn list_users<'a>(
+        &'a self,
+        email_contains: Option<&'a str>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<User>>;
+    /// Disables (`Some(now)`) or re-enables (`None`) a user; disabling ends every session.
+    fn set_user_disabled<'a>(
+        &'a self,
+        id: Uuid,
+        disabled_at: Option<i64>,
+        event: &'a AuditEvent,
+    ) -> StoreFuture<'a, bool>;
+
+    fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Client>>;
+
+    fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
+    fn insert_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, ()>;
+
+    /// A new session with its first refresh token.
+    fn create_session<'a>(
+        &'a self,
+        session: &'a Session,
+        first_token: TokenHash,
+        token_expires_at: i64,
+        event: &'a AuditEvent,
+    ) -> StoreFuture<'a, ()>;
+    /// Spends `parent` and issues the successor in one statement: `None` when the parent is
+    /// not spendable (unknown, spent, expired, revoked session, disabled user).
+    fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;
+    fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
+    fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;
+    fn live_sessions(&self, user_id: Uuid, now: i64) -> StoreFuture<'_, Vec<Session>>;
+    /// The user's roles if the session is live and the user enabled: the live check
+    /// behind admin routes.
+    fn live_roles(&self, session_id: Uuid, now: i64) -> StoreFuture<'_, Option<Vec<String>>>;
+    /// Ends the selected live sessions; returns them.
+    fn revoke<'a>(
+        &'a self,
+        target: Revoke,
+        reason: &'a str,
+        event: &'a AuditEvent,
+    ) -> StoreFuture<'a, Vec<Session>>;
+
+    fn record<'a>(&'a self, event: &'a AuditEvent) -> StoreFuture<'a, ()>;
+    fn audit_events<'a>(
+        &'a self,
+        user_id: Option<Uuid>,
+        action: Option<&'a str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreFuture<'a, Vec<AuditRecord>>;
+}
+
+/// Which backend a database URL names: `"postgres"`, `"sqlite"`, or none we support.
+pub fn backend_of(url: &str) -> Option<&'static str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some("postgres")
+    } else if url.starts_with("sqlite:") {
+        Some("sqlite")
+    } else {
+        None
+    }
+}
+
+/// Opens the store named by a database URL.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    match backend_of(url) {
+        Some("postgres") => Ok(Arc::new(PgStore::connect(url, max_connections).await?)),
+        _ => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
+    }
+}
+
+fn roles_from(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+fn roles_to(roles: &[String]) -> String {
+    roles.join(" ")
+}

@@ -1,0 +1,108 @@
+//! PostgreSQL: the production store. Any number of instances share one database;
+//! rotation is a single statement whose row lock picks exactly one winner.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+
+use super::{Rotated, Rotation, StoreError, StoreFuture};
+
+type Db = sqlx::Postgres;
+type Row = PgRow;
+
+super::shared::rows!();
+
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// Spend the parent only if it is unspent and unexpired, its session live and its user
+/// enabled; insert the successor; touch the session. One statement, one round trip.
+/// Concurrent callers queue on the parent's row lock; after the winner commits, the
+/// others re-check `spent_at IS NULL`, fail it, and insert nothing.
+const ROTATE: &str = "
+WITH spent AS (
+    UPDATE refresh_tokens AS t
+       SET spent_at = $3, successor_hash = $2, sealed_successor = $4
+      FROM sessions AS s JOIN users AS u ON u.id = s.user_id
+     WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
+       AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
+       AND u.disabled_at IS NULL AND ($6::text IS NULL OR s.client_id = $6)
+    RETURNING t.session_id, s.user_id, s.client_id, s.scope, s.expires_at AS session_expires_at, u.roles
+), issued AS (
+    INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at)
+    SELECT $2, session_id, $3, LEAST($3 + $5, session_expires_at) FROM spent
+    RETURNING expires_at
+), touched AS (
+    UPDATE sessions SET last_used_at = $3 FROM spent WHERE sessions.id = spent.session_id
+)
+SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
+  FROM spent CROSS JOIN issued";
+
+impl super::Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn migrate(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // The migrator takes an advisory lock, so instances starting together are safe.
+            migrator().run(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Option<Rotated>> {
+        Box::pin(async move {
+            let row = sqlx::query(ROTATE)
+                .bind(&r.parent.0[..])
+                .bind(&r.successor.0[..])
+                .bind(r.now)
+                .bind(&r.sealed_successor)
+                .bind(r.ttl_secs)
+                .bind(&r.client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(Rotated {
+                session_id: row.try_get("session_id")?,
+                user_id: row.try_get("user_id")?,
+                client_id: row.try_get("client_id")?,
+                scope: row.try_get("scope")?,
+                roles: super::roles_from(row.try_get("roles")?),
+                expires_at: row.try_get("expires_at")?,
+            }))
+        })
+    }
+
+    super::shared::queries!();
+}

@@ -1,0 +1,484 @@
+//! Queries that read the same on PostgreSQL and SQLite (both take `$N` parameters),
+//! written once and expanded into each backend, where `Db` and `Row` name its types.
+//!
+//! Every transaction here starts with a write, so SQLite takes its write lock up front
+//! and never has to upgrade a read lock under contention.
+
+macro_rules! session_cols {
+    () => {
+        "id, user_id, client_id, scope, created_at, last_used_at, expires_at, revoked_at, user_agent, ip"
+    };
+}
+
+/// Row decoders and the audit insert, for a module that defines `Db` and `Row`.
+macro_rules! rows {
+    () => {
+        use sqlx::Row as _;
+
+        fn user_row(row: &Row) -> Result<crate::store::User, sqlx::Error> {
+            Ok(crate::store::User {
+                id: row.try_get("id")?,
+                email: row.try_get("email")?,
+                roles: crate::store::roles_from(row.try_get("roles")?),
+                disabled_at: row.try_get("disabled_at")?,
+                created_at: row.try_get("created_at")?,
+            })
+        }
+
+        fn session_row(row: &Row) -> Result<crate::store::Session, sqlx::Error> {
+            Ok(crate::store::Session {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                client_id: row.try_get("client_id")?,
+                scope: row.try_get("scope")?,
+                created_at: row.try_get("created_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+                user_agent: row.try_get("user_agent")?,
+                ip: row.try_get("ip")?,
+            })
+        }
+
+        fn key_row(row: &Row) -> Result<crate::tokens::keys::StoredKey, sqlx::Error> {
+            Ok(crate::tokens::keys::StoredKey {
+                kid: row.try_get("kid")?,
+                alg: row.try_get("alg")?,
+                public_jwk: row.try_get("public_jwk")?,
+                private_sealed: row.try_get("private_sealed")?,
+                created_at: row.try_get("created_at")?,
+                activates_at: row.try_get("activates_at")?,
+                retires_at: row.try_get("retires_at")?,
+            })
+        }
+
+        fn audit_row(row: &Row) -> Result<crate::store::AuditRecord, sqlx::Error> {
+            let detail: String = row.try_get("detail")?;
+            Ok(crate::store::AuditRecord {
+                id: row.try_get("id")?,
+                event: crate::store::AuditEvent {
+                    at: row.try_get("at")?,
+                    action: row.try_get("action")?,
+                    user_id: row.try_get("user_id")?,
+                    session_id: row.try_get("session_id")?,
+                    actor_id: row.try_get("actor_id")?,
+                    ip: row.try_get("ip")?,
+                    detail: serde_json::from_str(&detail).unwrap_or_default(),
+                },
+            })
+        }
+
+        async fn insert_audit<'e>(
+            ex: impl sqlx::Executor<'e, Database = Db>,
+            e: &crate::store::AuditEvent,
+        ) -> Result<(), sqlx::Error> {
+            let detail = if e.detail.is_null() {
+                "{}".to_owned()
+            } else {
+                e.detail.to_string()
+            };
+            sqlx::query(
+                "INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.at)
+            .bind(&e.action)
+            .bind(e.user_id)
+            .bind(e.session_id)
+            .bind(e.actor_id)
+            .bind(&e.ip)
+            .bind(detail)
+            .execute(ex)
+            .await?;
+            Ok(())
+        }
+    };
+}
+
+/// The `Store` methods whose SQL is the same on both backends.
+macro_rules! queries {
+    () => {
+        fn ping(&self) -> crate::store::StoreFuture<'_, ()> {
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
+        fn create_user<'a>(
+            &'a self,
+            user: &'a crate::store::User,
+            password_hash: &'a str,
+            event: &'a crate::store::AuditEvent,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO users (id, email, password_hash, roles, disabled_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(user.id)
+                .bind(&user.email)
+                .bind(password_hash)
+                .bind(crate::store::roles_to(&user.roles))
+                .bind(user.disabled_at)
+                .bind(user.created_at)
+                .execute(&mut *tx)
+                .await?;
+                insert_audit(&mut *tx, event).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        }
+
+        fn user_credentials<'a>(
+            &'a self,
+            email: &'a str,
+        ) -> crate::store::StoreFuture<'a, Option<(crate::store::User, String)>> {
+            Box::pin(async move {
+                let row = sqlx::query("SELECT * FROM users WHERE email = $1")
+                    .bind(email)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some((user_row(&row)?, row.try_get("password_hash")?)),
+                    None => None,
+                })
+            })
+        }
+
+        fn user(&self, id: uuid::Uuid) -> crate::store::StoreFuture<'_, Option<crate::store::User>> {
+            Box::pin(async move {
+                let row = sqlx::query("SELECT * FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.as_ref().map(user_row).transpose()?)
+            })
+        }
+
+        fn list_users<'a>(
+            &'a self,
+            email_contains: Option<&'a str>,
+            after: Option<uuid::Uuid>,
+            limit: i64,
+        ) -> crate::store::StoreFuture<'a, Vec<crate::store::User>> {
+            Box::pin(async move {
+                let pattern = email_contains.map(|e| {
+                    let escaped = e.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                    format!("%{escaped}%")
+                });
+                let rows = sqlx::query(
+                    "SELECT * FROM users \
+                     WHERE ($1 IS NULL OR email LIKE $1 ESCAPE '\\') AND ($2 IS NULL OR id > $2) \
+                     ORDER BY id LIMIT $3",
+                )
+                .bind(pattern)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(user_row).collect::<Result<_, _>>()?)
+            })
+        }
+
+        fn set_user_disabled<'a>(
+            &'a self,
+            id: uuid::Uuid,
+            disabled_at: Option<i64>,
+            event: &'a crate::store::AuditEvent,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            Box::pin(async move {
+                let mut tx = self.pool.begin().await?;
+                let found = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 RETURNING id")
+                    .bind(disabled_at)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if !found {
+                    return Ok(false);
+                }
+                if let Some(now) = disabled_at {
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $1, revoked_reason = 'user_disabled' \
+                         WHERE user_id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                insert_audit(&mut *tx, event).await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+        }
+
+        fn client<'a>(&'a self, id: &'a str) -> crate::store::StoreFuture<'a, Option<crate::store::Client>> {
+            Box::pin(async move {
+                let row = sqlx::query("SELECT id, name, secret_hash FROM clients WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some(crate::store::Client {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                        secret_hash: row.try_get("secret_hash")?,
+                    }),
+                    None => None,
+                })
+            })
+        }
+
+        fn signing_keys(&self) -> crate::store::StoreFuture<'_, Vec<crate::tokens::keys::StoredKey>> {
+            Box::pin(async move {
+                let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, kid")
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
+            })
+        }
+
+        fn insert_signing_key<'a>(
+            &'a self,
+            key: &'a crate::tokens::keys::StoredKey,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO signing_keys \
+                     (kid, alg, public_jwk, private_sealed, created_at, activates_at, retires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&key.kid)
+                .bind(&key.alg)
+                .bind(&key.public_jwk)
+                .bind(&key.private_sealed)
+                .bind(key.created_at)
+                .bind(key.activates_at)
+                .bind(key.retires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            })
+        }
+
+        fn create_session<'a>(
+            &'a self,
+            s: &'a crate::store::Session,
+            first_token: crate::tokens::refresh::TokenHash,
+            token_expires_at: i64,
+            event: &'a crate::store::AuditEvent,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(concat!(
+                    "INSERT INTO sessions (",
+                    crate::store::shared::session_cols!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(s.id)
+                .bind(s.user_id)
+                .bind(&s.client_id)
+                .bind(&s.scope)
+                .bind(s.created_at)
+                .bind(s.last_used_at)
+                .bind(s.expires_at)
+                .bind(s.revoked_at)
+                .bind(&s.user_agent)
+                .bind(&s.ip)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&first_token.0[..])
+                .bind(s.id)
+                .bind(s.created_at)
+                .bind(token_expires_at)
+                .execute(&mut *tx)
+                .await?;
+                insert_audit(&mut *tx, event).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        }
+
+        fn token_state(
+            &self,
+            hash: crate::tokens::refresh::TokenHash,
+        ) -> crate::store::StoreFuture<'_, Option<crate::store::TokenState>> {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, \
+                            s.expires_at, s.revoked_at, s.user_agent, s.ip, u.roles, u.disabled_at, \
+                            t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
+                            c.spent_at AS successor_spent_at, c.expires_at AS successor_expires_at \
+                     FROM refresh_tokens t \
+                     JOIN sessions s ON s.id = t.session_id \
+                     JOIN users u ON u.id = s.user_id \
+                     LEFT JOIN refresh_tokens c ON c.hash = t.successor_hash \
+                     WHERE t.hash = $1",
+                )
+                .bind(&hash.0[..])
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let successor_spent_at: Option<i64> = row.try_get("successor_spent_at")?;
+                Ok(Some(crate::store::TokenState {
+                    session: session_row(&row)?,
+                    roles: crate::store::roles_from(row.try_get("roles")?),
+                    user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+                    expires_at: row.try_get("token_expires_at")?,
+                    spent_at: row.try_get("spent_at")?,
+                    sealed_successor: row.try_get("sealed_successor")?,
+                    successor_spent: successor_spent_at.is_some(),
+                    successor_expires_at: row.try_get("successor_expires_at")?,
+                }))
+            })
+        }
+
+        fn session(&self, id: uuid::Uuid) -> crate::store::StoreFuture<'_, Option<crate::store::Session>> {
+            Box::pin(async move {
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    crate::store::shared::session_cols!(),
+                    " FROM sessions WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.as_ref().map(session_row).transpose()?)
+            })
+        }
+
+        fn live_sessions(
+            &self,
+            user_id: uuid::Uuid,
+            now: i64,
+        ) -> crate::store::StoreFuture<'_, Vec<crate::store::Session>> {
+            Box::pin(async move {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    crate::store::shared::session_cols!(),
+                    " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+                     ORDER BY created_at DESC, id"
+                ))
+                .bind(user_id)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(session_row).collect::<Result<_, _>>()?)
+            })
+        }
+
+        fn live_roles(
+            &self,
+            session_id: uuid::Uuid,
+            now: i64,
+        ) -> crate::store::StoreFuture<'_, Option<Vec<String>>> {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "SELECT u.roles FROM sessions s JOIN users u ON u.id = s.user_id \
+                     WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+                       AND u.disabled_at IS NULL",
+                )
+                .bind(session_id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    Some(row) => Some(crate::store::roles_from(row.try_get("roles")?)),
+                    None => None,
+                })
+            })
+        }
+
+        fn revoke<'a>(
+            &'a self,
+            target: crate::store::Revoke,
+            reason: &'a str,
+            event: &'a crate::store::AuditEvent,
+        ) -> crate::store::StoreFuture<'a, Vec<crate::store::Session>> {
+            Box::pin(async move {
+                use crate::store::Revoke;
+                const BY_ID: &str = concat!(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE id = $3 AND revoked_at IS NULL RETURNING ",
+                    crate::store::shared::session_cols!()
+                );
+                const BY_USER: &str = concat!(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE user_id = $3 AND revoked_at IS NULL AND expires_at > $1 \
+                       AND ($4 IS NULL OR id <> $4) RETURNING ",
+                    crate::store::shared::session_cols!()
+                );
+                let query = match target {
+                    Revoke::Session(id) => sqlx::query(BY_ID).bind(event.at).bind(reason).bind(id),
+                    Revoke::User(user) => sqlx::query(BY_USER)
+                        .bind(event.at)
+                        .bind(reason)
+                        .bind(user)
+                        .bind(None::<uuid::Uuid>),
+                    Revoke::UserExcept(user, keep) => sqlx::query(BY_USER)
+                        .bind(event.at)
+                        .bind(reason)
+                        .bind(user)
+                        .bind(Some(keep)),
+                };
+                let mut tx = self.pool.begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                let revoked: Vec<crate::store::Session> =
+                    rows.iter().map(session_row).collect::<Result<_, _>>()?;
+                if !revoked.is_empty() {
+                    let mut event = event.clone();
+                    let mut detail = match event.detail.take() {
+                        serde_json::Value::Object(map) => map,
+                        _ => serde_json::Map::new(),
+                    };
+                    detail.insert("reason".into(), reason.into());
+                    detail.insert(
+                        "sessions".into(),
+                        revoked.iter().map(|s| s.id.to_string()).collect::<Vec<_>>().into(),
+                    );
+                    event.detail = detail.into();
+                    insert_audit(&mut *tx, &event).await?;
+                }
+                tx.commit().await?;
+                Ok(revoked)
+            })
+        }
+
+        fn record<'a>(&'a self, event: &'a crate::store::AuditEvent) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move { Ok(insert_audit(&self.pool, event).await?) })
+        }
+
+        fn audit_events<'a>(
+            &'a self,
+            user_id: Option<uuid::Uuid>,
+            action: Option<&'a str>,
+            before: Option<i64>,
+            limit: i64,
+        ) -> crate::store::StoreFuture<'a, Vec<crate::store::AuditRecord>> {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT * FROM audit_events \
+                     WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR action = $2) \
+                       AND ($3 IS NULL OR id < $3) \
+                     ORDER BY id DESC LIMIT $4",
+                )
+                .bind(user_id)
+                .bind(action)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(audit_row).collect::<Result<_, _>>()?)
+            })
+        }
+    };
+}
+
+pub(crate) use {queries, rows, session_cols};

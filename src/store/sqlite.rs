@@ -1,0 +1,135 @@
+//! SQLite: the zero-setup store, one file, one instance. WAL mode; writers queue on
+//! SQLite's write lock (busy timeout) so concurrent rotations still have one winner.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{Rotated, Rotation, StoreError, StoreFuture};
+
+type Db = sqlx::Sqlite;
+type Row = SqliteRow;
+
+super::shared::rows!();
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its folder.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let dir = sqlite_path(url).and_then(|p| p.parent().map(ToOwned::to_owned));
+        if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+/// The file behind a `sqlite:` URL, if it names one.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl super::Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn migrate(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            migrator().run(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    /// SQLite has no data-modifying CTEs; the same rules run as one write transaction
+    /// that begins with the conditional spend, so the write lock picks the winner.
+    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Option<Rotated>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let spent = sqlx::query(
+                "UPDATE refresh_tokens SET spent_at = $3, successor_hash = $2, sealed_successor = $4 \
+                 WHERE hash = $1 AND spent_at IS NULL AND expires_at > $3 AND EXISTS ( \
+                   SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
+                    WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL \
+                      AND s.expires_at > $3 AND u.disabled_at IS NULL \
+                      AND ($5 IS NULL OR s.client_id = $5)) \
+                 RETURNING session_id",
+            )
+            .bind(&r.parent.0[..])
+            .bind(&r.successor.0[..])
+            .bind(r.now)
+            .bind(&r.sealed_successor)
+            .bind(&r.client_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(spent) = spent else { return Ok(None) };
+            let session_id: uuid::Uuid = spent.try_get("session_id")?;
+            let session = sqlx::query(
+                "UPDATE sessions SET last_used_at = $2 WHERE id = $1 RETURNING user_id, client_id, \
+                 scope, expires_at, (SELECT roles FROM users WHERE id = sessions.user_id) AS roles",
+            )
+            .bind(session_id)
+            .bind(r.now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let session_expires_at: i64 = session.try_get("expires_at")?;
+            let expires_at = (r.now + r.ttl_secs).min(session_expires_at);
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&r.successor.0[..])
+            .bind(session_id)
+            .bind(r.now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(Rotated {
+                session_id,
+                user_id: session.try_get("user_id")?,
+                client_id: session.try_get("client_id")?,
+                scope: session.try_get("scope")?,
+                roles: super::roles_from(session.try_get("roles")?),
+                expires_at,
+            }))
+        })
+    }
+
+    super::shared::queries!();
+}

@@ -1,0 +1,339 @@
+//! The domain: sign-up, login, refresh, revocation and the admin's force-logout.
+//! It decides from values it is given (`now` included) and talks to the store through
+//! the [`Store`] trait; it knows nothing of HTTP.
+
+mod refresh;
+pub mod rules;
+mod sessions;
+mod validate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use crate::passwords::{PasswordError, Passwords};
+use crate::store::{AuditEvent, Session, Store, StoreError, User};
+use crate::tokens::access::{AccessTokens, Claims, VerifyError};
+use crate::tokens::keys::KeySet;
+use crate::tokens::refresh::RefreshToken;
+
+pub use sessions::{LogoutScope, RevokeOutcome};
+pub use validate::{normalize_email, normalize_scope};
+
+/// The public client of first-party apps, used when a request names none.
+pub const DEFAULT_CLIENT: &str = "app";
+pub const ADMIN_ROLE: &str = "admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    #[error("{0}")]
+    InvalidScope(&'static str),
+    #[error("{0}")]
+    InvalidEmail(&'static str),
+    #[error("{0}")]
+    InvalidPassword(String),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("sign-up is disabled")]
+    SignupDisabled,
+    #[error("{0}")]
+    InvalidToken(VerifyError),
+    #[error("the session is no longer valid")]
+    SessionEnded,
+    #[error("this requires the admin role")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("password hashing is at capacity")]
+    Busy,
+    #[error("the store is unavailable")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => AuthError::EmailTaken,
+            StoreError::Unavailable(_) => AuthError::Unavailable,
+            other => AuthError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => AuthError::Busy,
+            PasswordError::Internal => AuthError::Internal("password hashing failed".into()),
+        }
+    }
+}
+
+/// Lifetimes and windows, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub refresh_token_ttl: i64,
+    pub session_max_age: i64,
+    pub refresh_grace: i64,
+    pub signup_enabled: bool,
+}
+
+/// Security counters, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub logins_ok: AtomicU64,
+    pub logins_failed: AtomicU64,
+    pub refreshes_ok: AtomicU64,
+    pub refreshes_replayed: AtomicU64,
+    pub refresh_reuse_detected: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who is asking, as far as the transport knows.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What a successful grant hands back.
+#[derive(Debug)]
+pub struct Grant {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: RefreshToken,
+    pub scope: String,
+}
+
+pub struct Auth {
+    pub store: Arc<dyn Store>,
+    pub passwords: Passwords,
+    pub access: AccessTokens,
+    pub policy: Policy,
+    pub counters: Counters,
+    keys: RwLock<Arc<KeySet>>,
+}
+
+impl Auth {
+    pub fn new(
+        store: Arc<dyn Store>,
+        passwords: Passwords,
+        access: AccessTokens,
+        keys: KeySet,
+        policy: Policy,
+    ) -> Self {
+        Self {
+            store,
+            passwords,
+            access,
+            policy,
+            counters: Counters::default(),
+            keys: RwLock::new(Arc::new(keys)),
+        }
+    }
+
+    pub fn keys(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace_keys(&self, keys: KeySet) {
+        match self.keys.write() {
+            Ok(mut k) => *k = Arc::new(keys),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
+        }
+    }
+
+    /// Verifies an access token's signature and claims (no store access).
+    pub fn verify_access(&self, token: &str) -> Result<Claims, AuthError> {
+        self.access
+            .verify(&self.keys(), token)
+            .map_err(AuthError::InvalidToken)
+    }
+
+    pub async fn signup(
+        &self,
+        email: &str,
+        password: SecretString,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        if !self.policy.signup_enabled {
+            return Err(AuthError::SignupDisabled);
+        }
+        self.create_user(email, password, Vec::new(), None, now)
+            .await
+    }
+
+    /// Creates a user (sign-up, the admin API and the CLI share this).
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password: SecretString,
+        roles: Vec<String>,
+        actor: Option<Uuid>,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        let email = normalize_email(email)?;
+        validate::password(&password)?;
+        let roles = validate::roles(roles)?;
+        let hash = self.passwords.hash(&password).await?;
+        let user = User {
+            id: Uuid::now_v7(),
+            email,
+            roles,
+            disabled_at: None,
+            created_at: now,
+        };
+        let event = AuditEvent {
+            at: now,
+            action: if actor.is_some() {
+                "admin_user_created"
+            } else {
+                "user_signed_up"
+            }
+            .into(),
+            user_id: Some(user.id),
+            actor_id: actor,
+            detail: serde_json::json!({"roles": user.roles}),
+            ..AuditEvent::default()
+        };
+        self.store.create_user(&user, &hash, &event).await?;
+        Ok(user)
+    }
+
+    /// The password grant: checks the credentials (one argon2 run whether or not the
+    /// user exists), then opens a session with its first refresh token.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: SecretString,
+        client_id: Option<&str>,
+        scope: Option<&str>,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        let client_id = self.public_client(client_id).await?;
+        let scope = normalize_scope(scope)?;
+        // An address that cannot be an email cannot have an account; it still costs a hash.
+        let email = normalize_email(email).unwrap_or_default();
+        let found = if email.is_empty() {
+            None
+        } else {
+            self.store.user_credentials(&email).await?
+        };
+        let (user, hash) = match found {
+            Some((user, hash)) => (Some(user), Some(hash)),
+            None => (None, None),
+        };
+        let password_ok = self.passwords.verify(&password, hash).await?;
+        let user = match user {
+            Some(user) if password_ok && user.disabled_at.is_none() => user,
+            user => {
+                Counters::bump(&self.counters.logins_failed);
+                let reason = match &user {
+                    None => "unknown_user",
+                    Some(_) if !password_ok => "wrong_password",
+                    Some(_) => "user_disabled",
+                };
+                self.store
+                    .record(&AuditEvent {
+                        at: now,
+                        action: "login_failed".into(),
+                        user_id: user.map(|u| u.id),
+                        ip: caller.ip.clone(),
+                        detail: serde_json::json!({"reason": reason, "client_id": client_id}),
+                        ..AuditEvent::default()
+                    })
+                    .await?;
+                return Err(AuthError::InvalidGrant("invalid username or password"));
+            }
+        };
+
+        let session = Session {
+            id: Uuid::now_v7(),
+            user_id: user.id,
+            client_id: client_id.clone(),
+            scope: scope.clone(),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + self.policy.session_max_age,
+            revoked_at: None,
+            user_agent: caller.user_agent.clone(),
+            ip: caller.ip.clone(),
+        };
+        let refresh_token = RefreshToken::generate();
+        let token_expires_at = (now + self.policy.refresh_token_ttl).min(session.expires_at);
+        let event = AuditEvent {
+            at: now,
+            action: "login".into(),
+            user_id: Some(user.id),
+            session_id: Some(session.id),
+            ip: caller.ip.clone(),
+            detail: serde_json::json!({"client_id": client_id}),
+            ..AuditEvent::default()
+        };
+        self.store
+            .create_session(&session, refresh_token.hash(), token_expires_at, &event)
+            .await?;
+        Counters::bump(&self.counters.logins_ok);
+        Ok(self.grant(
+            user.id,
+            session.id,
+            &client_id,
+            &scope,
+            user.roles,
+            refresh_token,
+            now,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        client_id: &str,
+        scope: &str,
+        roles: Vec<String>,
+        refresh_token: RefreshToken,
+        now: i64,
+    ) -> Grant {
+        let claims = self
+            .access
+            .claims(user_id, session_id, client_id, scope, roles, now);
+        Grant {
+            access_token: self.access.sign(&self.keys(), &claims),
+            expires_in: self.access.ttl_secs,
+            refresh_token,
+            scope: scope.to_owned(),
+        }
+    }
+
+    /// Resolves the client of a password or refresh grant: absent means the default
+    /// public client; a named one must exist and be public (confidential clients
+    /// authenticate separately).
+    async fn public_client(&self, client_id: Option<&str>) -> Result<String, AuthError> {
+        let id = client_id.unwrap_or(DEFAULT_CLIENT);
+        match self.store.client(id).await? {
+            Some(client) if client.secret_hash.is_none() => Ok(client.id),
+            _ => Err(AuthError::InvalidClient),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The refresh grant and RFC 7009 revocation.
+//!
+//! Common case: one statement spends the parent and issues the successor. Only when
+//! that statement refuses does a second read find out why, and the rules decide.
+
+use uuid::Uuid;
+
+use super::rules::{self, Decision};
+use super::{Auth, AuthError, Caller, Counters, Grant};
+use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
+use crate::tokens::refresh::RefreshToken;
+
+const UNUSABLE: &str = "the refresh token is invalid, expired or revoked";
+
+impl Auth {
+    pub async fn refresh(
+        &self,
+        raw: &str,
+        client_id: Option<&str>,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        if let Some(id) = client_id {
+            self.public_client(Some(id)).await?;
+        }
+        let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
+
+        if let Some(grant) = self.rotate(&parent, client_id, now).await? {
+            return Ok(grant);
+        }
+        let Some(state) = self.store.token_state(parent.hash()).await? else {
+            return Err(AuthError::InvalidGrant(UNUSABLE));
+        };
+        match rules::judge(&state, client_id, now, self.policy.refresh_grace) {
+            Decision::Replay => self.replay(&parent, &state, caller, now).await,
+            Decision::Reuse(kind) => {
+                Counters::bump(&self.counters.refresh_reuse_detected);
+                tracing::warn!(session_id = %state.session.id, case = kind.as_str(), "refresh token reuse: session revoked");
+                let event = AuditEvent {
+                    at: now,
+                    action: "refresh_token_reuse".into(),
+                    user_id: Some(state.session.user_id),
+                    session_id: Some(state.session.id),
+                    ip: caller.ip.clone(),
+                    detail: serde_json::json!({
+                        "case": kind.as_str(),
+                        "spent_at": state.spent_at,
+                        "user_agent": caller.user_agent,
+                    }),
+                    ..AuditEvent::default()
+                };
+                self.store
+                    .revoke(
+                        Revoke::Session(state.session.id),
+                        "refresh_token_reuse",
+                        &event,
+                    )
+                    .await?;
+                Err(AuthError::InvalidGrant(
+                    "the refresh token was already used; the session has been revoked",
+                ))
+            }
+            Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
+            // The winner of a race rolled back: one more attempt, never a loop.
+            Decision::Rotate => self
+                .rotate(&parent, client_id, now)
+                .await?
+                .ok_or(AuthError::InvalidGrant(UNUSABLE)),
+        }
+    }
+
+    async fn rotate(
+        &self,
+        parent: &RefreshToken,
+        client_id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<Grant>, AuthError> {
+        let successor = RefreshToken::generate();
+        let rotation = Rotation {
+            parent: parent.hash(),
+            successor: successor.hash(),
+            sealed_successor: parent.seal(&successor),
+            now,
+            ttl_secs: self.policy.refresh_token_ttl,
+            client_id: client_id.map(str::to_owned),
+        };
+        let Some(r) = self.store.rotate(&rotation).await? else {
+            return Ok(None);
+        };
+        Counters::bump(&self.counters.refreshes_ok);
+        Ok(Some(self.grant(
+            r.user_id,
+            r.session_id,
+            &r.client_id,
+            &r.scope,
+            r.roles,
+            successor,
+            now,
+        )))
+    }
+
+    /// A retry inside the grace window: the same successor, unsealed with the parent,
+    /// and a fresh access token.
+    async fn replay(
+        &self,
+        parent: &RefreshToken,
+        state: &TokenState,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        let successor = state
+            .sealed_successor
+            .as_deref()
+            .and_then(|sealed| parent.open(sealed))
+            .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
+        Counters::bump(&self.counters.refreshes_replayed);
+        self.store
+            .record(&AuditEvent {
+                at: now,
+                action: "refresh_grace_replay".into(),
+                user_id: Some(state.session.user_id),
+                session_id: Some(state.session.id),
+                ip: caller.ip.clone(),
+                detail: serde_json::json!({"spent_at": state.spent_at}),
+                ..AuditEvent::default()
+            })
+            .await?;
+        let s = &state.session;
+        Ok(self.grant(
+            s.user_id,
+            s.id,
+            &s.client_id,
+            &s.scope,
+            state.roles.clone(),
+            successor,
+            now,
+        ))
+    }
+
+    /// RFC 7009: ends the session a refresh token (or an access token) belongs to.
+    /// Unknown and malformed tokens succeed silently, as the RFC asks.
+    pub async fn revoke_token(
+        &self,
+        raw: &str,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let session: Option<(Uuid, Uuid)> = if let Some(token) = RefreshToken::parse(raw) {
+            self.store
+                .token_state(token.hash())
+                .await?
+                .map(|s| (s.session.id, s.session.user_id))
+        } else {
+            self.verify_access(raw).ok().map(|c| (c.sid, c.sub))
+        };
+        if let Some((session_id, user_id)) = session {
+            let event = AuditEvent {
+                at: now,
+                action: "logout".into(),
+                user_id: Some(user_id),
+                session_id: Some(session_id),
+                actor_id: Some(user_id),
+                ip: caller.ip.clone(),
+                detail: serde_json::json!({"via": "oauth_revoke"}),
+            };
+            self.store
+                .revoke(Revoke::Session(session_id), "logout", &event)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! Sessions as users and admins see them: list, end one, log out everywhere, force
+//! logout, disable. Admin authority is read from the store on every call.
+
+use uuid::Uuid;
+
+use super::{ADMIN_ROLE, Auth, AuthError};
+use crate::store::{AuditEvent, Revoke, Session, User};
+use crate::tokens::access::Claims;
+
+/// The result of a revocation: which sessions ended, and when the last access token
+/// any of them could still hold expires.
+#[derive(Debug)]
+pub struct RevokeOutcome {
+    pub revoked: Vec<Session>,
+    pub effective_at: i64,
+}
+
+/// `POST /v1/logout` scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    Local,
+    Others,
+    Global,
+}
+
+impl LogoutScope {
+    pub fn parse(s: Option<&str>) -> Result<Self, AuthError> {
+        match s.unwrap_or("local") {
+            "local" => Ok(Self::Local),
+            "others" => Ok(Self::Others),
+            "global" => Ok(Self::Global),
+            _ => Err(AuthError::InvalidRequest(
+                "scope must be local, others or global".into(),
+            )),
+        }
+    }
+}
+
+impl Auth {
+    /// Verifies the bearer token and that its session is still live in the store.
+    /// Returns the claims and the user's current roles.
+    pub async fn live_caller(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(Claims, Vec<String>), AuthError> {
+        let claims = self.verify_access(token)?;
+        let roles = self
+            .store
+            .live_roles(claims.sid, now)
+            .await?
+            .ok_or(AuthError::SessionEnded)?;
+        Ok((claims, roles))
+    }
+
+    /// Admin routes: a valid token, a live session, and the admin role as the store
+    /// has it now (not as the token had it when it was minted).
+    pub async fn admin(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        let (claims, roles) = self.live_caller(token, now).await?;
+        if !roles.iter().any(|r| r == ADMIN_ROLE) {
+            return Err(AuthError::Forbidden);
+        }
+        Ok(claims)
+    }
+
+    /// When every access token of `sessions` will have expired: tokens are minted at
+    /// login, at rotation (`last_used_at`) and at grace replays just after it.
+    fn effective_at(&self, sessions: &[Session], now: i64) -> i64 {
+        sessions
+            .iter()
+            .map(|s| s.last_used_at + self.policy.refresh_grace + self.access.ttl_secs)
+            .max()
+            .unwrap_or(now)
+            .max(now)
+    }
+
+    pub async fn revoke_sessions(
+        &self,
+        target: Revoke,
+        reason: &str,
+        event: AuditEvent,
+    ) -> Result<RevokeOutcome, AuthError> {
+        let now = event.at;
+        let revoked = self.store.revoke(target, reason, &event).await?;
+        let effective_at = self.effective_at(&revoked, now);
+        Ok(RevokeOutcome {
+            revoked,
+            effective_at,
+        })
+    }
+
+    pub async fn logout(
+        &self,
+        claims: &Claims,
+        scope: LogoutScope,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<RevokeOutcome, AuthError> {
+        let target = match scope {
+            LogoutScope::Local => Revoke::Session(claims.sid),
+            LogoutScope::Others => Revoke::UserExcept(claims.sub, claims.sid),
+            LogoutScope::Global => Revoke::User(claims.sub),
+        };
+        let scope_name = match scope {
+            LogoutScope::Local => "local",
+            LogoutScope::Others => "others",
+            LogoutScope::Global => "global",
+        };
+        let event = self.event(
+            "logout",
+            Some(claims.sub),
+            Some(claims.sid),
+            Some(claims.sub),
+            ip,
+            now,
+        );
+        let event = AuditEvent {
+            detail: serde_json::json!({"scope": scope_name}),
+            ..event
+        };
+        self.revoke_sessions(target, "logout", event).await
+    }
+
+    /// Ends one of the caller's own sessions; another user's session is "not found".
+    pub async fn end_own_session(
+        &self,
+        claims: &Claims,
+        session_id: Uuid,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<RevokeOutcome, AuthError> {
+        match self.store.session(session_id).await? {
+            Some(s) if s.user_id == claims.sub && s.revoked_at.is_none() => {}
+            _ => return Err(AuthError::NotFound),
+        }
+        let event = self.event(
+            "session_revoked",
+            Some(claims.sub),
+            Some(session_id),
+            Some(claims.sub),
+            ip,
+            now,
+        );
+        self.revoke_sessions(Revoke::Session(session_id), "user_revoked", event)
+            .await
+    }
+
+    pub async fn admin_revoke_user_sessions(
+        &self,
+        admin: &Claims,
+        user_id: Uuid,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<RevokeOutcome, AuthError> {
+        self.existing_user(user_id).await?;
+        let event = self.event(
+            "session_revoked",
+            Some(user_id),
+            None,
+            Some(admin.sub),
+            ip,
+            now,
+        );
+        self.revoke_sessions(Revoke::User(user_id), "admin_revoked", event)
+            .await
+    }
+
+    pub async fn admin_revoke_session(
+        &self,
+        admin: &Claims,
+        session_id: Uuid,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<RevokeOutcome, AuthError> {
+        let session = self
+            .store
+            .session(session_id)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let event = self.event(
+            "session_revoked",
+            Some(session.user_id),
+            Some(session_id),
+            Some(admin.sub),
+            ip,
+            now,
+        );
+        let outcome = self
+            .revoke_sessions(Revoke::Session(session_id), "admin_revoked", event)
+            .await?;
+        if outcome.revoked.is_empty() {
+            return Err(AuthError::NotFound);
+        }
+        Ok(outcome)
+    }
+
+    /// Disables (and logs out everywhere) or re-enables a user.
+    pub async fn admin_set_disabled(
+        &self,
+        admin: &Claims,
+        user_id: Uuid,
+        disable: bool,
+        ip: Option<String>,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        let action = if disable {
+            "user_disabled"
+        } else {
+            "user_enabled"
+        };
+        let event = self.event(action, Some(user_id), None, Some(admin.sub), ip, now);
+        let found = self
+            .store
+            .set_user_disabled(user_id, disable.then_some(now), &event)
+            .await?;
+        if !found {
+            return Err(AuthError::NotFound);
+        }
+        self.existing_user(user_id).await
+    }
+
+    pub async fn existing_user(&self, user_id: Uuid) -> Result<User, AuthError> {
+        self.store.user(user_id).await?.ok_or(AuthError::NotFound)
+    }
+
+    fn event(
+        &self,
+        action: &str,
+        user_id: Option<Uuid>,
+        session_id: Option<Uuid>,
+        actor_id: Option<Uuid>,
+        ip: Option<String>,
+        now: i64,
+    ) -> AuditEvent {
+        AuditEvent {
+            at: now,
+            action: action.into(),
+            user_id,
+            session_id,
+            actor_id,
+            ip,
+            detail: serde_json::Value::Null,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! A user's own account: sign-up, who am I, my sessions (devices), log out.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{Bearer, ClientInfo, JsonBody, now};
+use super::{ApiError, AppState, SessionView, parse_id, rfc3339};
+use crate::auth::{AuthError, LogoutScope};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/signup", post(signup))
+        .route("/v1/me", get(me))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/sessions/{id}", delete(end_session))
+        .route("/v1/logout", post(logout))
+}
+
+#[derive(Deserialize)]
+struct SignupRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct UserView {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub created_at: String,
+}
+
+async fn signup(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<SignupRequest>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .auth
+        .signup(&req.email, req.password.into(), now())
+        .await?;
+    let view = UserView {
+        id: user.id,
+        email: user.email,
+        created_at: rfc3339(user.created_at),
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Serialize)]
+struct MeView {
+    id: uuid::Uuid,
+    email: String,
+    roles: Vec<String>,
+    session_id: uuid::Uuid,
+}
+
+async fn me(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+) -> Result<Json<MeView>, ApiError> {
+    let claims = state.auth.verify_access(&token)?;
+    let user = match state
+        .auth
+        .store
+        .user(claims.sub)
+        .await
+        .map_err(AuthError::from)?
+    {
+        Some(user) if user.disabled_at.is_none() => user,
+        _ => return Err(AuthError::SessionEnded.into()),
+    };
+    Ok(Json(MeView {
+        id: user.id,
+        email: user.email,
+        roles: user.roles,
+        session_id: claims.sid,
+    }))
+}
+
+#[derive(Serialize)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+async fn sessions(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+) -> Result<Json<SessionList>, ApiError> {
+    let t = now();
+    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    let list = state
+        .auth
+        .store
+        .live_sessions(claims.sub, t)
+        .await
+        .map_err(AuthError::from)?;
+    Ok(Json(SessionList {
+        sessions: list
+            .into_iter()
+            .map(|s| SessionView::new(s, Some(claims.sid)))
+            .collect(),
+    }))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let t = now();
+    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    state
+        .auth
+        .end_own_session(&claims, id, caller.ip, t)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct LogoutRequest {
+    scope: Option<String>,
+}
+
+/// `scope` from a JSON body or the query string (as Supabase clients send it);
+/// neither means `local`.
+async fn logout(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Query(query): Query<LogoutRequest>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let from_body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|_| {
+            ApiError::bad_request("invalid_request", "the body must be {\"scope\": ...}")
+        })?
+    };
+    let scope = LogoutScope::parse(from_body.scope.or(query.scope).as_deref())?;
+    let t = now();
+    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    state.auth.logout(&claims, scope, caller.ip, t).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

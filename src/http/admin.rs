@@ -1,0 +1,343 @@
+//! Admin API: manage users and force logout. Every call re-checks the caller's
+//! session and admin role in the store.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::extract::{Bearer, ClientInfo, JsonBody, now};
+use super::{ApiError, AppState, SessionView, parse_id, rfc3339};
+use crate::auth::{AuthError, RevokeOutcome};
+use crate::store::{AuditRecord, User};
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/users", post(create_user).get(list_users))
+        .route(
+            "/v1/admin/users/{id}/sessions",
+            get(user_sessions).delete(revoke_user_sessions),
+        )
+        .route("/v1/admin/users/{id}/disable", post(disable))
+        .route("/v1/admin/users/{id}/enable", post(enable))
+        .route("/v1/admin/sessions/{id}", delete(revoke_session))
+        .route("/v1/admin/audit", get(audit))
+}
+
+#[derive(Serialize)]
+struct AdminUserView {
+    id: Uuid,
+    email: String,
+    roles: Vec<String>,
+    disabled: bool,
+    disabled_at: Option<String>,
+    created_at: String,
+}
+
+impl From<User> for AdminUserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            roles: u.roles,
+            disabled: u.disabled_at.is_some(),
+            disabled_at: u.disabled_at.map(rfc3339),
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RevokedView {
+    revoked: usize,
+    effective_at: String,
+}
+
+impl From<RevokeOutcome> for RevokedView {
+    fn from(o: RevokeOutcome) -> Self {
+        Self {
+            revoked: o.revoked.len(),
+            effective_at: rfc3339(o.effective_at),
+        }
+    }
+}
+
+fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// Query strings are parsed leniently and checked here, so a bad value is a JSON 400.
+fn query_uuid(raw: Option<&str>, name: &str) -> Result<Option<Uuid>, ApiError> {
+    raw.filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::bad_request("invalid_request", format!("{name} is not a UUID"))
+            })
+        })
+        .transpose()
+}
+
+#[derive(Deserialize)]
+struct CreateUser {
+    email: String,
+    password: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    JsonBody(req): JsonBody<CreateUser>,
+) -> Result<Response, ApiError> {
+    let t = now();
+    let admin = state.auth.admin(&token, t).await?;
+    let user = state
+        .auth
+        .create_user(
+            &req.email,
+            req.password.into(),
+            req.roles,
+            Some(admin.sub),
+            t,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(AdminUserView::from(user))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListUsers {
+    email: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct UserPage {
+    users: Vec<AdminUserView>,
+    next_cursor: Option<String>,
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    let n = raw
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_request", "limit is not a number"))
+        })
+        .transpose()?;
+    limit(n)
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    Query(q): Query<ListUsers>,
+) -> Result<Json<UserPage>, ApiError> {
+    state.auth.admin(&token, now()).await?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let after = query_uuid(q.cursor.as_deref(), "cursor")?;
+    let email = q
+        .email
+        .as_deref()
+        .map(|e| e.trim().to_lowercase())
+        .filter(|e| !e.is_empty());
+    let users = state
+        .auth
+        .store
+        .list_users(email.as_deref(), after, limit)
+        .await
+        .map_err(AuthError::from)?;
+    let next_cursor = (users.len() as i64 == limit)
+        .then(|| users.last().map(|u| u.id.to_string()))
+        .flatten();
+    Ok(Json(UserPage {
+        users: users.into_iter().map(AdminUserView::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Serialize)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+async fn user_sessions(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<SessionList>, ApiError> {
+    let id = parse_id(&id)?;
+    let t = now();
+    state.auth.admin(&token, t).await?;
+    state.auth.existing_user(id).await?;
+    let list = state
+        .auth
+        .store
+        .live_sessions(id, t)
+        .await
+        .map_err(AuthError::from)?;
+    Ok(Json(SessionList {
+        sessions: list
+            .into_iter()
+            .map(|s| SessionView::new(s, None))
+            .collect(),
+    }))
+}
+
+async fn revoke_user_sessions(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Json<RevokedView>, ApiError> {
+    let id = parse_id(&id)?;
+    let t = now();
+    let admin = state.auth.admin(&token, t).await?;
+    let outcome = state
+        .auth
+        .admin_revoke_user_sessions(&admin, id, caller.ip, t)
+        .await?;
+    Ok(Json(outcome.into()))
+}
+
+async fn revoke_session(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Json<RevokedView>, ApiError> {
+    let id = parse_id(&id)?;
+    let t = now();
+    let admin = state.auth.admin(&token, t).await?;
+    let outcome = state
+        .auth
+        .admin_revoke_session(&admin, id, caller.ip, t)
+        .await?;
+    Ok(Json(outcome.into()))
+}
+
+async fn set_disabled(
+    state: AppState,
+    token: String,
+    ip: Option<String>,
+    id: String,
+    disable: bool,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let id = parse_id(&id)?;
+    let t = now();
+    let admin = state.auth.admin(&token, t).await?;
+    let user = state
+        .auth
+        .admin_set_disabled(&admin, id, disable, ip, t)
+        .await?;
+    Ok(Json(user.into()))
+}
+
+async fn disable(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    set_disabled(state, token, caller.ip, id, true).await
+}
+
+async fn enable(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    ClientInfo(caller): ClientInfo,
+    Path(id): Path<String>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    set_disabled(state, token, caller.ip, id, false).await
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    user_id: Option<String>,
+    action: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AuditView {
+    id: i64,
+    at: String,
+    action: String,
+    user_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+    actor_id: Option<Uuid>,
+    ip: Option<String>,
+    detail: serde_json::Value,
+}
+
+impl From<AuditRecord> for AuditView {
+    fn from(r: AuditRecord) -> Self {
+        let e = r.event;
+        Self {
+            id: r.id,
+            at: rfc3339(e.at),
+            action: e.action,
+            user_id: e.user_id,
+            session_id: e.session_id,
+            actor_id: e.actor_id,
+            ip: e.ip,
+            detail: e.detail,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AuditPage {
+    events: Vec<AuditView>,
+    next_cursor: Option<String>,
+}
+
+/// Newest first; `cursor` is the `next_cursor` of the previous page.
+async fn audit(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    state.auth.admin(&token, now()).await?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let user_id = query_uuid(q.user_id.as_deref(), "user_id")?;
+    let before = q
+        .cursor
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_request", "cursor is not valid"))
+        })
+        .transpose()?;
+    let action = q.action.as_deref().filter(|a| !a.is_empty());
+    let events = state
+        .auth
+        .store
+        .audit_events(user_id, action, before, limit)
+        .await
+        .map_err(AuthError::from)?;
+    let next_cursor = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(AuditPage {
+        events: events.into_iter().map(AuditView::from).collect(),
+        next_cursor,
+    }))
+}

@@ -1,0 +1,118 @@
+//! The one error type at the HTTP edge. Every error body is
+//! `{"error": code, "error_description": text}` (exactly RFC 6749 §5.2 on OAuth
+//! routes); internal causes are logged here and never returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+    retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, description)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn unavailable(retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
+            )
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use StatusCode as S;
+        let text = e.to_string();
+        match e {
+            AuthError::InvalidRequest(_) => Self::new(S::BAD_REQUEST, "invalid_request", text),
+            AuthError::InvalidClient => Self::new(S::UNAUTHORIZED, "invalid_client", text),
+            AuthError::InvalidGrant(_) => Self::new(S::BAD_REQUEST, "invalid_grant", text),
+            AuthError::InvalidScope(_) => Self::new(S::BAD_REQUEST, "invalid_scope", text),
+            AuthError::InvalidEmail(_) => Self::new(S::BAD_REQUEST, "invalid_email", text),
+            AuthError::InvalidPassword(_) => Self::new(S::BAD_REQUEST, "invalid_password", text),
+            AuthError::EmailTaken => Self::new(S::CONFLICT, "email_taken", text),
+            AuthError::SignupDisabled => Self::new(S::FORBIDDEN, "signup_disabled", text),
+            AuthError::InvalidToken(_) | AuthError::SessionEnded => {
+                Self::new(S::UNAUTHORIZED, "invalid_token", text)
+            }
+            AuthError::Forbidden => Self::new(S::FORBIDDEN, "insufficient_scope", text),
+            AuthError::NotFound => Self::not_found(),
+            AuthError::Busy => Self::unavailable(1),
+            AuthError::Unavailable => {
+                tracing::warn!("store unavailable");
+                Self::unavailable(2)
+            }
+            AuthError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Self::new(S::INTERNAL_SERVER_ERROR, "server_error", "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.code,
+            error_description: &self.description,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: an error code only when a token was presented.
+            let challenge = match self.code {
+                "invalid_client" => "Basic realm=\"tessera\"".to_owned(),
+                "invalid_token" => format!(
+                    "Bearer realm=\"tessera\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.description.replace('"', "'")
+                ),
+                _ => "Bearer realm=\"tessera\"".to_owned(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,164 @@
+//! Request extractors that turn malformed input into clear 4xx errors: OAuth
+//! parameters (form or JSON), JSON bodies, bearer tokens, and the caller's address.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::auth::Caller;
+use crate::tokens::access::MAX_TOKEN_BYTES;
+
+const MAX_USER_AGENT: usize = 256;
+
+/// Seconds since the Unix epoch: the one place the HTTP layer reads the clock.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is too large",
+    )
+}
+
+/// serde messages can quote the offending value (a password, say); only the
+/// "missing field" kind is safe and useful to repeat.
+fn shape_error(text: String) -> ApiError {
+    let description = match text.find("missing field") {
+        Some(i) => text[i..].to_owned(),
+        None => "the body does not have the expected fields and types".to_owned(),
+    };
+    ApiError::bad_request("invalid_request", description)
+}
+
+fn from_json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonDataError(e) => shape_error(e.body_text()),
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("invalid_request", "the body is not valid JSON")
+        }
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::bad_request("invalid_request", "expected Content-Type: application/json")
+        }
+        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        _ => ApiError::bad_request("invalid_request", "the body could not be read"),
+    }
+}
+
+fn from_form_rejection(r: FormRejection) -> ApiError {
+    match r {
+        FormRejection::FailedToDeserializeForm(e) => shape_error(e.body_text()),
+        FormRejection::FailedToDeserializeFormBody(e) => shape_error(e.body_text()),
+        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        _ => ApiError::bad_request("invalid_request", "the form body could not be read"),
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(v)| Self(v))
+            .map_err(from_json_rejection)
+    }
+}
+
+/// OAuth endpoint parameters: `application/x-www-form-urlencoded` (RFC 6749) or JSON.
+pub struct OAuthParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OAuthParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if content_type.starts_with("application/json") {
+            JsonBody::<T>::from_request(req, state)
+                .await
+                .map(|JsonBody(v)| Self(v))
+        } else if content_type.starts_with("application/x-www-form-urlencoded") {
+            axum::Form::<T>::from_request(req, state)
+                .await
+                .map(|axum::Form(v)| Self(v))
+                .map_err(from_form_rejection)
+        } else {
+            Err(ApiError::bad_request(
+                "invalid_request",
+                "expected Content-Type: application/x-www-form-urlencoded or application/json",
+            ))
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub struct Bearer(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let missing = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            )
+        };
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(missing)?;
+        let value = value.to_str().map_err(|_| missing())?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(missing());
+        }
+        let token = token.trim();
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "malformed bearer token",
+            ));
+        }
+        Ok(Self(token.to_owned()))
+    }
+}
+
+/// The caller's address (from the socket) and user agent.
+pub struct ClientInfo(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        Ok(Self(Caller { ip, user_agent }))
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP interface: one module per audience, merged here.
+
+mod account;
+mod admin;
+pub mod error;
+pub mod extract;
+mod oauth;
+mod ops;
+mod wellknown;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::Auth;
+use crate::store::Session;
+
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Auth>,
+    pub issuer: Arc<str>,
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(oauth::router())
+        .merge(account::router())
+        .merge(admin::router())
+        .merge(wellknown::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::not_found() })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// RFC 3339 for the API's timestamps (the store keeps Unix seconds).
+pub fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A session as users and admins see it.
+#[derive(Serialize)]
+pub struct SessionView {
+    pub id: uuid::Uuid,
+    pub user_id: uuid::Uuid,
+    pub client_id: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub expires_at: String,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub current: bool,
+}
+
+impl SessionView {
+    pub fn new(s: Session, current: Option<uuid::Uuid>) -> Self {
+        Self {
+            current: current == Some(s.id),
+            id: s.id,
+            user_id: s.user_id,
+            client_id: s.client_id,
+            created_at: rfc3339(s.created_at),
+            last_used_at: rfc3339(s.last_used_at),
+            expires_at: rfc3339(s.expires_at),
+            user_agent: s.user_agent,
+            ip: s.ip,
+        }
+    }
+}
+
+/// Parses a path id; a malformed one is a 400, not a 404 or a 500.
+pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", "the id in the path is not a UUID"))
+}

@@ -1,0 +1,112 @@
+//! OAuth 2.0 endpoints for apps: the token endpoint (password and refresh grants,
+//! RFC 6749) and revocation (RFC 7009).
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{ClientInfo, OAuthParams, now};
+use super::{ApiError, AppState};
+use crate::auth::Grant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    grant_type: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+    scope: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: i64,
+    refresh_token: &'a str,
+    scope: &'a str,
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("invalid_request", format!("missing parameter: {name}"))
+    })
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ClientInfo(caller): ClientInfo,
+    OAuthParams(req): OAuthParams<TokenRequest>,
+) -> Result<Response, ApiError> {
+    let client_id = req.client_id.as_deref().filter(|c| !c.is_empty());
+    let grant = match required(&req.grant_type, "grant_type")? {
+        "password" => {
+            let username = required(&req.username, "username")?;
+            let password = required(&req.password, "password")?;
+            state
+                .auth
+                .login(
+                    username,
+                    password.into(),
+                    client_id,
+                    req.scope.as_deref(),
+                    &caller,
+                    now(),
+                )
+                .await?
+        }
+        "refresh_token" => {
+            let token = required(&req.refresh_token, "refresh_token")?;
+            state.auth.refresh(token, client_id, &caller, now()).await?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "unsupported_grant_type",
+                "grant_type must be password or refresh_token",
+            ));
+        }
+    };
+    Ok(token_response(&grant))
+}
+
+fn token_response(grant: &Grant) -> Response {
+    let body = TokenResponse {
+        access_token: &grant.access_token,
+        token_type: "Bearer",
+        expires_in: grant.expires_in,
+        refresh_token: grant.refresh_token.expose(),
+        scope: &grant.scope,
+    };
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `token_type_hint` is accepted and not needed: the token's shape tells its kind.
+#[derive(Deserialize)]
+struct RevokeRequest {
+    token: Option<String>,
+}
+
+/// RFC 7009 §2.2: 200 whether or not the token was known.
+async fn revoke(
+    State(state): State<AppState>,
+    ClientInfo(caller): ClientInfo,
+    OAuthParams(req): OAuthParams<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let token = required(&req.token, "token")?;
+    state.auth.revoke_token(token, &caller, now()).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], "").into_response())
+}

@@ -1,0 +1,52 @@
+//! Discovery for services and clients: the JWKS and RFC 8414 metadata.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+
+/// How long verifiers may cache the JWKS. Key rotation publishes a new key at least
+/// this long before it signs.
+pub const JWKS_MAX_AGE_SECS: u32 = 300;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    let keys = state.auth.keys();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::CACHE_CONTROL,
+                format!("public, max-age={JWKS_MAX_AGE_SECS}"),
+            ),
+        ],
+        keys.jwks_json().to_owned(),
+    )
+}
+
+async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
+    let iss = state.issuer.trim_end_matches('/');
+    Json(serde_json::json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "introspection_endpoint": format!("{iss}/oauth/introspect"),
+        "grant_types_supported": ["password", "refresh_token"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "id_token_signing_alg_values_supported": [],
+        "access_token_signing_alg_values_supported": ["EdDSA"],
+    }))
+}

@@ -1,0 +1,120 @@
+//! The `tessera` command: parses the CLI and calls into the library.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use tessera::config::Config;
+use tessera::server::{self, Server, StartError};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "An authorization server: JWT access tokens, rotating refresh tokens"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input (required: never from arguments).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let targets = filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .unwrap_or_else(|_| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(targets)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), StartError> {
+    let config = Config::from_env()?;
+    init_logging(&config.log);
+    match cli.command {
+        Command::Serve => {
+            let server = Server::bind(&config).await?;
+            tracing::info!(addr = %server.local_addr()?, store = server.state().auth.store.backend(), "tessera listening");
+            server.run(server::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = server::open_store(&config).await?;
+            tracing::info!(store = store.backend(), "migrations applied");
+            Ok(())
+        }
+        Command::User(UserCommand::Create { email, admin, .. }) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .map_err(|e| StartError::Other(format!("reading the password from stdin: {e}")))?;
+            let password = password.strip_suffix('\n').unwrap_or(&password);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            let password: SecretString = password.into();
+            let state = server::build_state(&config).await?;
+            let roles = if admin {
+                vec![tessera::auth::ADMIN_ROLE.to_owned()]
+            } else {
+                vec![]
+            };
+            let user = state
+                .auth
+                .create_user(&email, password, roles, None, tessera::http::extract::now())
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            println!(
+                "{}",
+                serde_json::json!({"id": user.id, "email": user.email, "roles": user.roles})
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tessera: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tessera: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

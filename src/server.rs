@@ -1,0 +1,226 @@
+//! Start-up: open and migrate the store, resolve the secret key, make sure a signing
+//! key exists, build the state, and serve until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::auth::{Auth, Policy};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::passwords::Passwords;
+use crate::store::{self, Store, StoreError};
+use crate::tokens::access::AccessTokens;
+use crate::tokens::keys::{self, KeyError, KeySet, SecretKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(
+        "TESSERA_SECRET_KEY is required with PostgreSQL, so that every instance can read the shared signing keys. Make one with: head -c 32 /dev/urandom | base64"
+    )]
+    SecretKeyRequired,
+    #[error("TESSERA_SECRET_KEY: {0}")]
+    SecretKey(KeyError),
+    #[error("secret key file {path}: {source}")]
+    SecretKeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("signing keys: {0}")]
+    Keys(KeyError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn unix_now() -> i64 {
+    crate::http::extract::now()
+}
+
+/// Opens the configured store and applies pending migrations.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let url = config.database_url.expose_secret();
+    let store = store::connect(url, config.database_max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The configured secret key; with SQLite and none configured, the one kept beside
+/// the database file (generated on first start).
+fn secret_key(config: &Config, backend: &str) -> Result<SecretKey, StartError> {
+    let configured = config.secret_key.expose_secret();
+    if !configured.trim().is_empty() {
+        return SecretKey::parse(configured).map_err(StartError::SecretKey);
+    }
+    if backend != "sqlite" {
+        return Err(StartError::SecretKeyRequired);
+    }
+    let Some(db) = store::sqlite_path(config.database_url.expose_secret()) else {
+        tracing::warn!(
+            "no TESSERA_SECRET_KEY and an in-memory database: using a throwaway secret key"
+        );
+        return Ok(SecretKey::generate());
+    };
+    let path = db.with_file_name("secret.key");
+    let file_err = |source| StartError::SecretKeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKey::parse(&text).map_err(StartError::SecretKey),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(file_err)?;
+            }
+            let key = SecretKey::generate();
+            write_private(&path, &key.to_base64()).map_err(file_err)?;
+            tracing::warn!(path = %path.display(), "no TESSERA_SECRET_KEY set: generated one into the data folder; back it up, or set TESSERA_SECRET_KEY");
+            Ok(key)
+        }
+        Err(e) => Err(file_err(e)),
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// Loads the signing keys, creating the first one if the store has none.
+pub async fn load_keys(store: &dyn Store, secret: &SecretKey) -> Result<KeySet, StartError> {
+    let now = unix_now();
+    let stored = store.signing_keys().await?;
+    match KeySet::load(secret, &stored, now) {
+        Err(KeyError::NoActiveKey) => {
+            store
+                .insert_signing_key(&keys::generate_ed25519(secret, now))
+                .await?;
+            // Reload: an instance starting at the same moment may have added one too,
+            // and every instance must make the same choice.
+            let stored = store.signing_keys().await?;
+            KeySet::load(secret, &stored, now).map_err(StartError::Keys)
+        }
+        other => other.map_err(StartError::Keys),
+    }
+}
+
+/// Everything a running server holds.
+pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
+    // The secret key is checked before the database is touched.
+    let backend = store::backend_of(config.database_url.expose_secret()).ok_or_else(|| {
+        StartError::Other("TESSERA_DATABASE_URL must start with sqlite: or postgres://".into())
+    })?;
+    let secret = secret_key(config, backend)?;
+    let store = open_store(config).await?;
+    let keys = load_keys(store.as_ref(), &secret).await?;
+    let passwords = Passwords::new(
+        config.password_hash_slots(),
+        Duration::from_millis(u64::from(config.password_hash_queue_timeout_ms)),
+    )
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?;
+    let access = AccessTokens {
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+        ttl_secs: i64::from(config.access_token_ttl_secs),
+    };
+    let policy = Policy {
+        refresh_token_ttl: i64::from(config.refresh_token_ttl_secs),
+        session_max_age: i64::from(config.session_max_age_secs),
+        refresh_grace: i64::from(config.refresh_grace_secs),
+        signup_enabled: config.signup_enabled,
+    };
+    Ok(AppState {
+        auth: Arc::new(Auth::new(store, passwords, access, keys, policy)),
+        issuer: config.issuer.as_str().into(),
+    })
+}
+
+/// A server bound to its address, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    max_body_bytes: usize,
+}
+
+impl Server {
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let state = build_state(config).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            state,
+            max_body_bytes: config.max_body_bytes as usize,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, StartError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let app = http::router(self.state, self.max_body_bytes);
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,157 @@
+//! The `tessera` binary itself: zero-config start, start-up errors, the CLI.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{PASSWORD, fresh_pg_database, temp_dir};
+
+fn tessera() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_with_no_configuration_creates_its_sqlite_file() {
+    let dir = temp_dir();
+    let port = free_port();
+    // Only the port differs from the defaults: 8080 may be taken on a test machine.
+    let mut child = tessera()
+        .arg("serve")
+        .current_dir(&dir)
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut healthy = false;
+    while Instant::now() < deadline && !healthy {
+        healthy = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if !healthy {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(healthy, "server did not come up: {log}");
+    assert!(
+        dir.join("data/tessera.db").exists(),
+        "SQLite file created under ./data"
+    );
+    let key = dir.join("data/secret.key");
+    assert!(key.exists(), "secret key generated into the data folder");
+    assert!(
+        log.contains("generated one into the data folder"),
+        "with a warning: {log}"
+    );
+    let secret = std::fs::read_to_string(key).unwrap();
+    assert!(
+        !log.contains(secret.trim()),
+        "the key itself is never logged"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("data/secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "secret key readable by the owner only");
+    }
+}
+
+#[tokio::test]
+async fn postgres_without_a_secret_key_refuses_to_start_and_says_how_to_fix_it() {
+    let url = fresh_pg_database().await;
+    let output = tessera()
+        .arg("serve")
+        .env("TESSERA_DATABASE_URL", &url)
+        .env("TESSERA_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("TESSERA_SECRET_KEY") && err.contains("head -c 32 /dev/urandom | base64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_configuration_exits_naming_the_key() {
+    let output = tessera()
+        .arg("migrate")
+        .env("TESSERA_ACCESS_TOKEN_TTL_SECS", "fifteen")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TESSERA_ACCESS_TOKEN_TTL_SECS"));
+}
+
+#[test]
+fn user_create_reads_the_password_from_stdin() {
+    let dir = temp_dir();
+    let url = format!("sqlite://{}", dir.join("t.db").display());
+    let migrate = tessera()
+        .arg("migrate")
+        .env("TESSERA_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let mut child = tessera()
+        .args([
+            "user",
+            "create",
+            "--email",
+            "Root@Example.com",
+            "--admin",
+            "--password-stdin",
+        ])
+        .env("TESSERA_DATABASE_URL", &url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(created["email"], "root@example.com");
+    assert_eq!(created["roles"], serde_json::json!(["admin"]));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(PASSWORD));
+
+    // Without --password-stdin the command refuses (never a password in argv).
+    let refused = tessera()
+        .args(["user", "create", "--email", "x@example.com"])
+        .env("TESSERA_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}

@@ -1,0 +1,318 @@
+//! Spawns the real server (real router, real HTTP on a loopback port) against a fresh
+//! database per test: a new SQLite file, or a new PostgreSQL database.
+
+use std::sync::OnceLock;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, Executor};
+use tessera::config::Config;
+use tessera::http::AppState;
+use tessera::server::Server;
+use tokio::sync::{Mutex, oneshot};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const ISSUER: &str = "http://tessera.test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per store for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// The PostgreSQL server tests use: `TESSERA_TEST_DATABASE_URL`, else the local default.
+pub fn pg_admin_url() -> String {
+    std::env::var("TESSERA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(admin_url: &str, name: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin_url, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{name}{query}")
+}
+
+static PG_CLEANED: Mutex<bool> = Mutex::const_new(false);
+
+/// A new, empty PostgreSQL database for one test. Databases left by earlier runs are
+/// dropped the first time (they cannot be dropped while their test's pool lives).
+pub async fn fresh_pg_database() -> String {
+    let admin_url = pg_admin_url();
+    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is needed for the tests and did not answer at {admin_url}: {e}\n\
+             Start it (Debian: pg_ctlcluster 15 main start; or apt-get install postgresql), \
+             or point TESSERA_TEST_DATABASE_URL at one."
+        ),
+    };
+    {
+        let mut cleaned = PG_CLEANED.lock().await;
+        if !*cleaned {
+            let stale: Vec<(String,)> =
+                sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'tessera_t_%'")
+                    .fetch_all(&mut admin)
+                    .await
+                    .unwrap_or_default();
+            let run_started = RUN_ID.get_or_init(run_id);
+            for (name,) in stale {
+                if !name.starts_with(&format!("tessera_t_{run_started}")) {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            }
+            *cleaned = true;
+        }
+    }
+    let name = format!(
+        "tessera_t_{}_{}",
+        RUN_ID.get_or_init(run_id),
+        Uuid::new_v4().simple()
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database: {e}"));
+    with_database(&admin_url, &name)
+}
+
+static RUN_ID: OnceLock<String> = OnceLock::new();
+
+fn run_id() -> String {
+    format!("{}", std::process::id())
+}
+
+/// A folder of its own for one test.
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir()
+        .join("tessera-tests")
+        .join(Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("temp dir: {e}"));
+    dir
+}
+
+/// A database URL of a fresh store for `backend`.
+pub async fn fresh_database(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", temp_dir().join("tessera.db").display()),
+        Backend::Postgres => fresh_pg_database().await,
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub state: AppState,
+    pub database_url: String,
+    pub secret_key: String,
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// Settings every test shares; `extra` overrides them.
+pub fn settings(
+    database_url: &str,
+    secret_key: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = vec![
+        ("TESSERA_LISTEN".into(), "127.0.0.1:0".into()),
+        ("TESSERA_DATABASE_URL".into(), database_url.into()),
+        ("TESSERA_SECRET_KEY".into(), secret_key.into()),
+        ("TESSERA_ISSUER".into(), ISSUER.into()),
+        ("TESSERA_DATABASE_MAX_CONNECTIONS".into(), "8".into()),
+    ];
+    vars.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    vars
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let url = fresh_database(backend).await;
+    let secret = tessera::tokens::keys::SecretKey::generate().to_base64();
+    spawn_instance(&url, &secret, extra).await
+}
+
+/// Another server on an existing database (scale-out tests).
+pub async fn spawn_instance(
+    database_url: &str,
+    secret_key: &str,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let config = Config::load(settings(database_url, secret_key, extra))
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    let server = Server::bind(&config)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    let addr = server.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+    let state = server.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+
+        client: Client::new(),
+        state,
+        database_url: database_url.to_owned(),
+        secret_key: secret_key.to_owned(),
+        _shutdown: tx,
+    }
+}
+
+/// A response's status and JSON body (Null when there is none).
+pub async fn json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub fn s(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        let body = serde_json::json!({"email": email, "password": password});
+        json(
+            self.client
+                .post(self.url("/v1/signup"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+
+    pub async fn token(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        json(
+            self.client
+                .post(self.url("/oauth/token"))
+                .form(form)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.token(&[
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", password),
+        ])
+        .await
+    }
+
+    /// Signs up a new user and logs in: the token response.
+    pub async fn user_with_session(&self) -> (String, Value) {
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        let (status, _) = self.signup(&email, PASSWORD).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, tokens) = self.login(&email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        (email, tokens)
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> (StatusCode, Value) {
+        self.token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .await
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
+        json(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
+        json(
+            self.client
+                .delete(self.url(path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+
+    pub async fn post_json(&self, path: &str, bearer: &str, body: &Value) -> (StatusCode, Value) {
+        json(
+            self.client
+                .post(self.url(path))
+                .bearer_auth(bearer)
+                .json(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+    }
+
+    /// An admin user (created as the CLI does) and a logged-in session of theirs.
+    pub async fn admin_session(&self) -> (Uuid, Value) {
+        let email = format!("admin-{}@example.com", Uuid::new_v4().simple());
+        let user = self
+            .state
+            .auth
+            .create_user(
+                &email,
+                PASSWORD.into(),
+                vec!["admin".into()],
+                None,
+                tessera::http::extract::now(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (status, tokens) = self.login(&email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK);
+        (user.id, tokens)
+    }
+}

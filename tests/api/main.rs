@@ -1,0 +1,13 @@
+//! One integration-test binary: the real server over real HTTP, on SQLite and on
+//! PostgreSQL (each test gets its own database).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod accounts;
+mod admin;
+mod cli;
+mod invariants;
+mod refresh;
+mod sessions;
+mod tokens;

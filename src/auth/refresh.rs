@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use super::rules::{self, Decision};
+use super::rules::{self, Decision, Rejection};
 use super::{Auth, AuthError, Caller, Counters, Grant};
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
@@ -20,9 +20,8 @@ impl Auth {
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
-        if let Some(id) = client_id {
-            self.public_client(Some(id)).await?;
-        }
+        // A named client is checked inside the rotation statement (the token must be
+        // its own), so the common case stays one round trip.
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
         if let Some(grant) = self.rotate(&parent, client_id, now).await? {
@@ -59,6 +58,12 @@ impl Auth {
                 Err(AuthError::InvalidGrant(
                     "the refresh token was already used; the session has been revoked",
                 ))
+            }
+            Decision::Reject(Rejection::WrongClient) => {
+                // An unknown client is a client error; a known one holding another
+                // client's token is a grant error.
+                self.public_client(client_id).await?;
+                Err(AuthError::InvalidGrant(Rejection::WrongClient.describe()))
             }
             Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
             // The winner of a race rolled back: one more attempt, never a loop.

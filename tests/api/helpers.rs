@@ -38,10 +38,90 @@ macro_rules! both_stores {
     )*};
 }
 
-/// The PostgreSQL server tests use: `TESSERA_TEST_DATABASE_URL`, else the local default.
-pub fn pg_admin_url() -> String {
-    std::env::var("TESSERA_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+const LOCAL_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The PostgreSQL server tests use: `TESSERA_TEST_DATABASE_URL`; else the local server
+/// at 127.0.0.1:5432 if it answers; else a throwaway cluster started from the local
+/// PostgreSQL installation (kept under `target/` and reused by later runs).
+pub async fn pg_admin_url() -> String {
+    if let Ok(url) = std::env::var("TESSERA_TEST_DATABASE_URL") {
+        return url;
+    }
+    static URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    URL.get_or_init(|| async {
+        if sqlx::PgConnection::connect(LOCAL_PG).await.is_ok() {
+            return LOCAL_PG.to_owned();
+        }
+        tokio::task::spawn_blocking(throwaway_cluster)
+            .await
+            .unwrap()
+    })
+    .await
+    .clone()
+}
+
+/// initdb + pg_ctl, as the `pgtemp` crate does. As root, the cluster runs as the
+/// `postgres` user (PostgreSQL refuses to run as root).
+fn throwaway_cluster() -> String {
+    use std::process::Command;
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|dirs| dirs.filter_map(Result::ok).map(|d| d.path().join("bin")).filter(|b| b.join("initdb").exists()).max())
+        .unwrap_or_else(|| panic!(
+            "PostgreSQL is needed for the tests: none answers at {LOCAL_PG} and no installation was found \
+             to start one from. Install it (Debian: apt-get install postgresql) or set TESSERA_TEST_DATABASE_URL."
+        ));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tessera-pg");
+    let port = 54329;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let run = |program: &str, args: &[&str]| {
+        let path = bin.join(program);
+        let mut cmd = if is_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        cmd.args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    if !data.join("PG_VERSION").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres", &dir.display().to_string()])
+                .status();
+        }
+        assert!(
+            run("initdb", &["-D", &data_s, "-U", "postgres", "-A", "trust"]),
+            "initdb failed in {data_s}"
+        );
+    }
+    if !run("pg_ctl", &["-D", &data_s, "status"]) {
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {}",
+            dir.display()
+        );
+        let log = dir.join("log").display().to_string();
+        assert!(
+            run(
+                "pg_ctl",
+                &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"]
+            ),
+            "pg_ctl start failed, see {log}"
+        );
+    }
+    url
 }
 
 fn with_database(admin_url: &str, name: &str) -> String {
@@ -58,7 +138,7 @@ static PG_CLEANED: Mutex<bool> = Mutex::const_new(false);
 /// A new, empty PostgreSQL database for one test. Databases left by earlier runs are
 /// dropped the first time (they cannot be dropped while their test's pool lives).
 pub async fn fresh_pg_database() -> String {
-    let admin_url = pg_admin_url();
+    let admin_url = pg_admin_url().await;
     let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
         Ok(c) => c,
         Err(e) => panic!(

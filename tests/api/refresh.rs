@@ -317,6 +317,25 @@ async fn unknown_and_malformed_refresh_tokens_are_invalid_grant(backend: Backend
             &token[..token.len().min(20)]
         );
     }
+    // A token presented by a client it was not issued to is not spent.
+    let (_, tokens) = app.user_with_session().await;
+    let (status, body) = app
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &s(&tokens, "refresh_token")),
+            ("client_id", "other"),
+        ])
+        .await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
+    assert_eq!(
+        app.refresh(&s(&tokens, "refresh_token")).await.0,
+        StatusCode::OK,
+        "still unspent"
+    );
+
     let (status, body) = app.token(&[("grant_type", "refresh_token")]).await;
     assert_eq!(
         (status, s(&body, "error")),

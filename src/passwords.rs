@@ -33,7 +33,7 @@ pub struct Passwords {
 }
 
 struct Inner {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     queue_timeout: Duration,
     dummy_hash: String,
 }
@@ -61,7 +61,7 @@ impl Passwords {
                 .map_err(|_| PasswordError::Internal)??;
         Ok(Self {
             inner: Arc::new(Inner {
-                slots: Semaphore::new(slots.max(1)),
+                slots: Arc::new(Semaphore::new(slots.max(1))),
                 queue_timeout,
                 dummy_hash,
             }),
@@ -98,15 +98,21 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let permit = tokio::time::timeout(self.inner.queue_timeout, self.inner.slots.acquire())
-            .await
-            .map_err(|_| PasswordError::Busy)?
-            .map_err(|_| PasswordError::Internal)?;
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| PasswordError::Internal);
-        drop(permit);
-        result
+        let permit = tokio::time::timeout(
+            self.inner.queue_timeout,
+            self.inner.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| PasswordError::Busy)?
+        .map_err(|_| PasswordError::Internal)?;
+        // The permit moves into the blocking task: if the request is dropped, the slot
+        // stays taken until the hash has really finished.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|_| PasswordError::Internal)
     }
 }
 

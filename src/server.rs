@@ -108,11 +108,10 @@ pub async fn load_keys(store: &dyn Store, secret: &SecretKey) -> Result<KeySet, 
     let stored = store.signing_keys().await?;
     match KeySet::load(secret, &stored, now) {
         Err(KeyError::NoActiveKey) => {
+            // Instances starting together race here; the store keeps exactly one key.
             store
-                .insert_signing_key(&keys::generate_ed25519(secret, now))
+                .insert_first_signing_key(&keys::generate_ed25519(secret, now))
                 .await?;
-            // Reload: an instance starting at the same moment may have added one too,
-            // and every instance must make the same choice.
             let stored = store.signing_keys().await?;
             KeySet::load(secret, &stored, now).map_err(StartError::Keys)
         }

@@ -65,6 +65,9 @@ impl From<StoreError> for AuthError {
         match e {
             StoreError::Conflict => AuthError::EmailTaken,
             StoreError::Unavailable(_) => AuthError::Unavailable,
+            StoreError::InvalidInput => AuthError::InvalidRequest(
+                "a parameter holds characters that are not allowed".into(),
+            ),
             other => AuthError::Internal(other.to_string()),
         }
     }
@@ -330,7 +333,7 @@ impl Auth {
     /// public client; a named one must exist and be public (confidential clients
     /// authenticate separately).
     async fn public_client(&self, client_id: Option<&str>) -> Result<String, AuthError> {
-        let id = client_id.unwrap_or(DEFAULT_CLIENT);
+        let id = validate::client_id(client_id)?.unwrap_or(DEFAULT_CLIENT);
         match self.store.client(id).await? {
             Some(client) if client.secret_hash.is_none() => Ok(client.id),
             _ => Err(AuthError::InvalidClient),

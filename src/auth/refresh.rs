@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use super::rules::{self, Decision, Rejection};
-use super::{Auth, AuthError, Caller, Counters, Grant};
+use super::{Auth, AuthError, Caller, Counters, Grant, validate};
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
 
@@ -22,6 +22,7 @@ impl Auth {
     ) -> Result<Grant, AuthError> {
         // A named client is checked inside the rotation statement (the token must be
         // its own), so the common case stays one round trip.
+        let client_id = validate::client_id(client_id)?;
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
         if let Some(grant) = self.rotate(&parent, client_id, now).await? {

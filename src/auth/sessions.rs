@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::{ADMIN_ROLE, Auth, AuthError};
 use crate::store::{AuditEvent, Revoke, Session, User};
-use crate::tokens::access::Claims;
+use crate::tokens::access::{Claims, LEEWAY_SECS};
 
 /// The result of a revocation: which sessions ended, and when the last access token
 /// any of them could still hold expires.
@@ -38,37 +38,35 @@ impl LogoutScope {
 
 impl Auth {
     /// Verifies the bearer token and that its session is still live in the store.
-    /// Returns the claims and the user's current roles.
-    pub async fn live_caller(
-        &self,
-        token: &str,
-        now: i64,
-    ) -> Result<(Claims, Vec<String>), AuthError> {
+    /// Returns the claims and the user as the store has them now.
+    pub async fn live_caller(&self, token: &str, now: i64) -> Result<(Claims, User), AuthError> {
         let claims = self.verify_access(token)?;
-        let roles = self
+        let user = self
             .store
-            .live_roles(claims.sid, now)
+            .live_user(claims.sid, now)
             .await?
             .ok_or(AuthError::SessionEnded)?;
-        Ok((claims, roles))
+        Ok((claims, user))
     }
 
     /// Admin routes: a valid token, a live session, and the admin role as the store
     /// has it now (not as the token had it when it was minted).
     pub async fn admin(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
-        let (claims, roles) = self.live_caller(token, now).await?;
-        if !roles.iter().any(|r| r == ADMIN_ROLE) {
+        let (claims, user) = self.live_caller(token, now).await?;
+        if !user.roles.iter().any(|r| r == ADMIN_ROLE) {
             return Err(AuthError::Forbidden);
         }
         Ok(claims)
     }
 
-    /// When every access token of `sessions` will have expired: tokens are minted at
-    /// login, at rotation (`last_used_at`) and at grace replays just after it.
+    /// When every access token of `sessions` will have expired, verifier leeway
+    /// included: tokens are minted at login, at rotation (`last_used_at`) and at grace
+    /// replays just after it.
     fn effective_at(&self, sessions: &[Session], now: i64) -> i64 {
+        let tail = self.policy.refresh_grace + self.access.ttl_secs + LEEWAY_SECS as i64;
         sessions
             .iter()
-            .map(|s| s.last_used_at + self.policy.refresh_grace + self.access.ttl_secs)
+            .map(|s| s.last_used_at + tail)
             .max()
             .unwrap_or(now)
             .max(now)

@@ -77,6 +77,22 @@ pub fn normalize_scope(raw: Option<&str>) -> Result<String, AuthError> {
     Ok(out.join(" "))
 }
 
+/// Client ids are short words; anything else cannot name a client.
+pub fn client_id(id: Option<&str>) -> Result<Option<&str>, AuthError> {
+    match id {
+        Some(id)
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')) =>
+        {
+            Err(AuthError::InvalidClient)
+        }
+        other => Ok(other),
+    }
+}
+
 /// Roles are scope-like words: lower-case letters, digits, `_`, `-`, `:`.
 pub fn roles(roles: Vec<String>) -> Result<Vec<String>, AuthError> {
     if roles.len() > MAX_ROLES {
@@ -142,6 +158,15 @@ mod tests {
         assert_eq!(normalize_scope(None).ok().as_deref(), Some(""));
         assert!(normalize_scope(Some("read \"quoted\"")).is_err());
         assert!(normalize_scope(Some("caf\u{e9}")).is_err());
+    }
+
+    #[test]
+    fn client_ids_are_words() {
+        assert_eq!(client_id(Some("app")).ok(), Some(Some("app")));
+        assert_eq!(client_id(None).ok(), Some(None));
+        for bad in ["", "a\0b", "with space", "é"] {
+            assert!(client_id(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Bearer, ClientInfo, JsonBody, now};
-use super::{ApiError, AppState, SessionView, parse_id, rfc3339};
+use super::extract::{Bearer, ClientInfo, JsonBody, PathId, QueryParams, now};
+use super::{ApiError, AppState, SessionView, rfc3339};
 use crate::auth::{AuthError, LogoutScope};
 
 pub fn router() -> Router<AppState> {
@@ -63,17 +63,7 @@ async fn me(
     State(state): State<AppState>,
     Bearer(token): Bearer,
 ) -> Result<Json<MeView>, ApiError> {
-    let claims = state.auth.verify_access(&token)?;
-    let user = match state
-        .auth
-        .store
-        .user(claims.sub)
-        .await
-        .map_err(AuthError::from)?
-    {
-        Some(user) if user.disabled_at.is_none() => user,
-        _ => return Err(AuthError::SessionEnded.into()),
-    };
+    let (claims, user) = state.auth.live_caller(&token, now()).await?;
     Ok(Json(MeView {
         id: user.id,
         email: user.email,
@@ -111,9 +101,8 @@ async fn end_session(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
     let t = now();
     let (claims, _) = state.auth.live_caller(&token, t).await?;
     state
@@ -134,7 +123,7 @@ async fn logout(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Query(query): Query<LogoutRequest>,
+    QueryParams(query): QueryParams<LogoutRequest>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let from_body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {

@@ -3,15 +3,15 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::extract::{Bearer, ClientInfo, JsonBody, now};
-use super::{ApiError, AppState, SessionView, parse_id, rfc3339};
+use super::extract::{Bearer, ClientInfo, JsonBody, PathId, QueryParams, now};
+use super::{ApiError, AppState, SessionView, rfc3339};
 use crate::auth::{AuthError, RevokeOutcome};
 use crate::store::{AuditRecord, User};
 
@@ -69,17 +69,6 @@ impl From<RevokeOutcome> for RevokedView {
     }
 }
 
-fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
-    match raw {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_request",
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        )),
-    }
-}
-
 /// Query strings are parsed leniently and checked here, so a bad value is a JSON 400.
 fn query_uuid(raw: Option<&str>, name: &str) -> Result<Option<Uuid>, ApiError> {
     raw.filter(|s| !s.is_empty())
@@ -132,21 +121,24 @@ struct UserPage {
     next_cursor: Option<String>,
 }
 
+/// `limit` from the query string: absent means the default; otherwise 1 to the maximum.
 fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    let n = raw
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid_request", "limit is not a number"))
-        })
-        .transpose()?;
-    limit(n)
+    let bad =
+        || ApiError::bad_request("invalid_request", format!("limit must be 1 to {MAX_LIMIT}"));
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(bad),
+    }
 }
 
 async fn list_users(
     State(state): State<AppState>,
     Bearer(token): Bearer,
-    Query(q): Query<ListUsers>,
+    QueryParams(q): QueryParams<ListUsers>,
 ) -> Result<Json<UserPage>, ApiError> {
     state.auth.admin(&token, now()).await?;
     let limit = parse_limit(q.limit.as_deref())?;
@@ -179,9 +171,8 @@ struct SessionList {
 async fn user_sessions(
     State(state): State<AppState>,
     Bearer(token): Bearer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<SessionList>, ApiError> {
-    let id = parse_id(&id)?;
     let t = now();
     state.auth.admin(&token, t).await?;
     state.auth.existing_user(id).await?;
@@ -203,9 +194,8 @@ async fn revoke_user_sessions(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<RevokedView>, ApiError> {
-    let id = parse_id(&id)?;
     let t = now();
     let admin = state.auth.admin(&token, t).await?;
     let outcome = state
@@ -219,9 +209,8 @@ async fn revoke_session(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<RevokedView>, ApiError> {
-    let id = parse_id(&id)?;
     let t = now();
     let admin = state.auth.admin(&token, t).await?;
     let outcome = state
@@ -235,10 +224,9 @@ async fn set_disabled(
     state: AppState,
     token: String,
     ip: Option<String>,
-    id: String,
+    id: Uuid,
     disable: bool,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let id = parse_id(&id)?;
     let t = now();
     let admin = state.auth.admin(&token, t).await?;
     let user = state
@@ -252,7 +240,7 @@ async fn disable(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<AdminUserView>, ApiError> {
     set_disabled(state, token, caller.ip, id, true).await
 }
@@ -261,7 +249,7 @@ async fn enable(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<AdminUserView>, ApiError> {
     set_disabled(state, token, caller.ip, id, false).await
 }
@@ -312,7 +300,7 @@ struct AuditPage {
 async fn audit(
     State(state): State<AppState>,
     Bearer(token): Bearer,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     state.auth.admin(&token, now()).await?;
     let limit = parse_limit(q.limit.as_deref())?;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{Path, Query};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -160,5 +161,34 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
         Ok(Self(Caller { ip, user_agent }))
+    }
+}
+
+/// A UUID path segment; anything else is a 400 `invalid_id`, not a 404 or a 500.
+pub struct PathId(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = || ApiError::bad_request("invalid_id", "the id in the path is not a UUID");
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid())?;
+        raw.parse().map(Self).map_err(|_| invalid())
+    }
+}
+
+/// Query parameters whose rejections are JSON errors.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|_| ApiError::bad_request("invalid_request", "the query string is malformed"))
     }
 }

@@ -35,6 +35,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(wellknown::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -75,10 +82,4 @@ impl SessionView {
             ip: s.ip,
         }
     }
-}
-
-/// Parses a path id; a malformed one is a 400, not a 404 or a 500.
-pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request("invalid_id", "the id in the path is not a UUID"))
 }

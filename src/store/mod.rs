@@ -31,6 +31,9 @@ pub enum StoreError {
     Unavailable(sqlx::Error),
     #[error("store error: {0}")]
     Other(sqlx::Error),
+    /// The database refused a value (e.g. text with a NUL byte).
+    #[error("the database refused a value")]
+    InvalidInput,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -40,11 +43,42 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Database(db) => match db.code().as_deref().map(classify) {
+                Some(Class::Transient) => StoreError::Unavailable(e),
+                Some(Class::BadInput) => StoreError::InvalidInput,
+                _ => StoreError::Other(e),
+            },
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
             _ => StoreError::Other(e),
+        }
+    }
+}
+
+enum Class {
+    Transient,
+    BadInput,
+    Other,
+}
+
+/// PostgreSQL SQLSTATEs are five characters; SQLite's extended result codes are numbers
+/// below 10000.
+fn classify(code: &str) -> Class {
+    if code.len() == 5 {
+        match code {
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" => Class::Transient,
+            _ if code.starts_with("08") => Class::Transient,
+            // Data exceptions: a value the database refuses, e.g. a NUL byte in text.
+            _ if code.starts_with("22") => Class::BadInput,
+            _ => Class::Other,
+        }
+    } else {
+        match code.parse::<i32>().map(|c| c & 0xff) {
+            // SQLITE_BUSY, SQLITE_LOCKED (after the busy timeout)
+            Ok(5 | 6) => Class::Transient,
+            _ => Class::Other,
         }
     }
 }
@@ -174,7 +208,9 @@ pub trait Store: Send + Sync + 'static {
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Client>>;
 
     fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
-    fn insert_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, ()>;
+    /// Stores the first signing key, unless another instance got there first
+    /// (`false`): instances that start together agree on one key.
+    fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool>;
 
     /// A new session with its first refresh token.
     fn create_session<'a>(
@@ -190,9 +226,9 @@ pub trait Store: Send + Sync + 'static {
     fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
     fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;
     fn live_sessions(&self, user_id: Uuid, now: i64) -> StoreFuture<'_, Vec<Session>>;
-    /// The user's roles if the session is live and the user enabled: the live check
-    /// behind admin routes.
-    fn live_roles(&self, session_id: Uuid, now: i64) -> StoreFuture<'_, Option<Vec<String>>>;
+    /// The session's user if the session is live and the user enabled: the live check
+    /// behind account and admin routes.
+    fn live_user(&self, session_id: Uuid, now: i64) -> StoreFuture<'_, Option<User>>;
     /// Ends the selected live sessions; returns them.
     fn revoke<'a>(
         &'a self,

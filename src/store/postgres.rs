@@ -9,6 +9,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 
 use super::{Rotated, Rotation, StoreError, StoreFuture};
+use crate::tokens::keys::StoredKey;
 
 type Db = sqlx::Postgres;
 type Row = PgRow;
@@ -48,7 +49,10 @@ fn migrator() -> Migrator {
 /// Spend the parent only if it is unspent and unexpired, its session live and its user
 /// enabled; insert the successor; touch the session. One statement, one round trip.
 /// Concurrent callers queue on the parent's row lock; after the winner commits, the
-/// others re-check `spent_at IS NULL`, fail it, and insert nothing.
+/// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
+/// read without a lock, so `touched` re-checks `revoked_at` under the session's row lock:
+/// a revocation that commits while this statement runs yields no row (no access token),
+/// never a token minted after the revocation took effect.
 const ROTATE: &str = "
 WITH spent AS (
     UPDATE refresh_tokens AS t
@@ -63,10 +67,12 @@ WITH spent AS (
     SELECT $2, session_id, $3, LEAST($3 + $5, session_expires_at) FROM spent
     RETURNING expires_at
 ), touched AS (
-    UPDATE sessions SET last_used_at = $3 FROM spent WHERE sessions.id = spent.session_id
+    UPDATE sessions SET last_used_at = $3 FROM spent
+     WHERE sessions.id = spent.session_id AND sessions.revoked_at IS NULL
+    RETURNING sessions.id
 )
 SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
-  FROM spent CROSS JOIN issued";
+  FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id";
 
 impl super::Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -78,6 +84,20 @@ impl super::Store for PgStore {
             // The migrator takes an advisory lock, so instances starting together are safe.
             migrator().run(&self.pool).await?;
             Ok(())
+        })
+    }
+
+    fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            // READ COMMITTED lets two `INSERT .. WHERE NOT EXISTS` both succeed; the
+            // advisory lock makes instances starting together take turns.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7365821)")
+                .execute(&mut *tx)
+                .await?;
+            let inserted = insert_key_if_none(&mut *tx, key).await?;
+            tx.commit().await?;
+            Ok(inserted)
         })
     }
 

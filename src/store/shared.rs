@@ -68,6 +68,28 @@ macro_rules! rows {
             })
         }
 
+        /// Inserts `key` unless the store already holds a signing key.
+        async fn insert_key_if_none<'e>(
+            ex: impl sqlx::Executor<'e, Database = Db>,
+            key: &crate::tokens::keys::StoredKey,
+        ) -> Result<bool, sqlx::Error> {
+            let done = sqlx::query(
+                "INSERT INTO signing_keys \
+                 (kid, alg, public_jwk, private_sealed, created_at, activates_at, retires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+            )
+            .bind(&key.kid)
+            .bind(&key.alg)
+            .bind(&key.public_jwk)
+            .bind(&key.private_sealed)
+            .bind(key.created_at)
+            .bind(key.activates_at)
+            .bind(key.retires_at)
+            .execute(ex)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         async fn insert_audit<'e>(
             ex: impl sqlx::Executor<'e, Database = Db>,
             e: &crate::store::AuditEvent,
@@ -241,29 +263,6 @@ macro_rules! queries {
             })
         }
 
-        fn insert_signing_key<'a>(
-            &'a self,
-            key: &'a crate::tokens::keys::StoredKey,
-        ) -> crate::store::StoreFuture<'a, ()> {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO signing_keys \
-                     (kid, alg, public_jwk, private_sealed, created_at, activates_at, retires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&key.kid)
-                .bind(&key.alg)
-                .bind(&key.public_jwk)
-                .bind(&key.private_sealed)
-                .bind(key.created_at)
-                .bind(key.activates_at)
-                .bind(key.retires_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            })
-        }
-
         fn create_session<'a>(
             &'a self,
             s: &'a crate::store::Session,
@@ -374,14 +373,14 @@ macro_rules! queries {
             })
         }
 
-        fn live_roles(
+        fn live_user(
             &self,
             session_id: uuid::Uuid,
             now: i64,
-        ) -> crate::store::StoreFuture<'_, Option<Vec<String>>> {
+        ) -> crate::store::StoreFuture<'_, Option<crate::store::User>> {
             Box::pin(async move {
                 let row = sqlx::query(
-                    "SELECT u.roles FROM sessions s JOIN users u ON u.id = s.user_id \
+                    "SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
                      WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
                        AND u.disabled_at IS NULL",
                 )
@@ -389,10 +388,7 @@ macro_rules! queries {
                 .bind(now)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(match row {
-                    Some(row) => Some(crate::store::roles_from(row.try_get("roles")?)),
-                    None => None,
-                })
+                Ok(row.as_ref().map(user_row).transpose()?)
             })
         }
 

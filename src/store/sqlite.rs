@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 };
 
 use super::{Rotated, Rotation, StoreError, StoreFuture};
+use crate::tokens::keys::StoredKey;
 
 type Db = sqlx::Sqlite;
 type Row = SqliteRow;
@@ -75,6 +76,11 @@ impl super::Store for SqliteStore {
             migrator().run(&self.pool).await?;
             Ok(())
         })
+    }
+
+    /// One statement: SQLite's write lock serialises it against any other writer.
+    fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Ok(insert_key_if_none(&self.pool, key).await?) })
     }
 
     /// SQLite has no data-modifying CTEs; the same rules run as one write transaction

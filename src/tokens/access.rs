@@ -13,7 +13,7 @@ use super::keys::{KeySet, Signer};
 /// Longest access token accepted for verification; ours are well under 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Clock skew tolerated on `exp` between instances.
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims of an access token (RFC 9068 §2.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

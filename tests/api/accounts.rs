@@ -12,6 +12,7 @@ both_stores!(
     signup_can_be_turned_off,
     login_succeeds_and_each_failure_has_its_code,
     malformed_requests_are_400_never_500,
+    hostile_input_is_a_4xx_on_both_stores,
     me_answers_for_a_valid_token,
     ops_endpoints_answer,
 );
@@ -347,5 +348,56 @@ async fn ops_endpoints_answer(backend: Backend) {
             .as_array()
             .unwrap()
             .contains(&json!("refresh_token"))
+    );
+}
+
+async fn hostile_input_is_a_4xx_on_both_stores(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, body) = json(
+        app.client
+            .get(app.url("/oauth/token"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+
+    // Characters a database refuses (a NUL byte) are a client error, the same on both stores.
+    let long = "x".repeat(65);
+    for client_id in ["a\0b", long.as_str()] {
+        let (status, body) = app
+            .token(&[
+                ("grant_type", "password"),
+                ("username", "x@example.com"),
+                ("password", "whatever pw"),
+                ("client_id", client_id),
+            ])
+            .await;
+        assert_eq!(
+            (status, s(&body, "error")),
+            (StatusCode::UNAUTHORIZED, "invalid_client".into())
+        );
+        let (status, _) = app
+            .token(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "tsr_x"),
+                ("client_id", client_id),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = app.login("nul\0@example.com", "whatever password").await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    let (status, body) = app.signup("nul\0@example.com", PASSWORD).await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_email".into())
     );
 }

@@ -9,5 +9,6 @@ mod admin;
 mod cli;
 mod invariants;
 mod refresh;
+mod scaleout;
 mod sessions;
 mod tokens;

@@ -179,5 +179,10 @@ async fn logout_scopes_end_the_right_sessions(backend: Backend) {
         app.refresh(&s(&e, "refresh_token")).await.0,
         StatusCode::BAD_REQUEST
     );
+    // Account routes check the session live: a logged-out token is refused at once.
+    assert_eq!(
+        app.get("/v1/me", &s(&e, "access_token")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(crate::refresh::audit_actions(&app, "logout").await.len(), 3);
 }

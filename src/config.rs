@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -44,6 +44,12 @@ pub struct Config {
     pub refresh_grace_secs: u32,
     pub signup_enabled: bool,
     pub secret_key: SecretString,
+    pub signing_alg: String,
+    pub allow_hs256: bool,
+    pub hs256_secret: SecretString,
+    pub key_rotation_days: u32,
+    pub jwks_max_age_secs: u32,
+    pub key_reload_secs: u32,
     pub password_hash_concurrency: u16,
     pub password_hash_queue_timeout_ms: u32,
     pub max_body_bytes: u32,
@@ -113,10 +119,33 @@ impl Config {
             ("session_max_age_secs", self.session_max_age_secs),
             ("max_body_bytes", self.max_body_bytes),
             ("database_max_connections", self.database_max_connections),
+            ("key_reload_secs", self.key_reload_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        match self.signing_alg.as_str() {
+            "EdDSA" | "ES256" | "RS256" => {}
+            "HS256" if !self.allow_hs256 => {
+                return Err(invalid(
+                    "signing_alg (TESSERA_SIGNING_ALG)",
+                    "HS256 lets every verifier mint tokens; set TESSERA_ALLOW_HS256=true to opt in",
+                ));
+            }
+            "HS256" if self.hs256_secret.expose_secret().len() < 32 => {
+                return Err(invalid(
+                    "hs256_secret (TESSERA_HS256_SECRET)",
+                    "must be at least 32 bytes",
+                ));
+            }
+            "HS256" => {}
+            other => {
+                return Err(invalid(
+                    "signing_alg (TESSERA_SIGNING_ALG)",
+                    format!("{other:?} is not one of EdDSA, ES256, RS256, HS256"),
+                ));
             }
         }
         Ok(())

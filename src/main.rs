@@ -28,6 +28,31 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage OAuth clients (backend services).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client; prints {"client_id", "client_secret"} once as JSON.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A confidential client (a backend service) with a secret; otherwise public.
+        #[arg(long)]
+        confidential: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key now: published at once, signing after one JWKS cache
+    /// lifetime; the old key stays published until its tokens have expired.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +96,41 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Migrate => {
             let store = server::open_store(&config).await?;
             tracing::info!(store = store.backend(), "migrations applied");
+            Ok(())
+        }
+        Command::Client(ClientCommand::Create { name, confidential }) => {
+            let state = server::build_state(&config).await?;
+            let client = state
+                .auth
+                .create_client(&name, confidential, tessera::http::extract::now())
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let mut out = serde_json::json!({"client_id": client.client_id});
+            if let Some(secret) = client.client_secret {
+                out["client_secret"] = secret.into();
+            }
+            println!("{out}");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let state = server::build_state(&config).await?;
+            let now = tessera::http::extract::now();
+            state
+                .auth
+                .rotate_keys(now, true)
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let keys = state
+                .auth
+                .store
+                .signing_keys()
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let listed: Vec<_> = keys
+                .iter()
+                .map(|k| serde_json::json!({"kid": k.kid, "alg": k.alg, "activates_at": k.activates_at, "retires_at": k.retires_at}))
+                .collect();
+            println!("{}", serde_json::json!({"keys": listed}));
             Ok(())
         }
         Command::User(UserCommand::Create { email, admin, .. }) => {

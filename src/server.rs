@@ -9,13 +9,14 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
+use crate::auth::KeyPolicy;
 use crate::auth::{Auth, Policy};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::passwords::Passwords;
 use crate::store::{self, Store, StoreError};
 use crate::tokens::access::AccessTokens;
-use crate::tokens::keys::{self, KeyError, KeySet, SecretKey};
+use crate::tokens::keys::{KeyError, SecretKey, SharedSecret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,21 +103,27 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
-/// Loads the signing keys, creating the first one if the store has none.
-pub async fn load_keys(store: &dyn Store, secret: &SecretKey) -> Result<KeySet, StartError> {
-    let now = unix_now();
-    let stored = store.signing_keys().await?;
-    match KeySet::load(secret, &stored, now) {
-        Err(KeyError::NoActiveKey) => {
-            // Instances starting together race here; the store keeps exactly one key.
-            store
-                .insert_first_signing_key(&keys::generate_ed25519(secret, now))
-                .await?;
-            let stored = store.signing_keys().await?;
-            KeySet::load(secret, &stored, now).map_err(StartError::Keys)
-        }
-        other => other.map_err(StartError::Keys),
-    }
+/// The key policy the configuration asks for.
+fn key_policy(config: &Config, secret: SecretKey) -> Result<KeyPolicy, StartError> {
+    let alg = config
+        .signing_alg
+        .parse::<jsonwebtoken::Algorithm>()
+        .map_err(|_| {
+            StartError::Other(format!(
+                "TESSERA_SIGNING_ALG: unsupported {:?}",
+                config.signing_alg
+            ))
+        })?;
+    let hs256 = (alg == jsonwebtoken::Algorithm::HS256)
+        .then(|| SharedSecret(config.hs256_secret.expose_secret().as_bytes().to_vec()));
+    Ok(KeyPolicy {
+        secret,
+        alg,
+        hs256,
+        rotation_secs: i64::from(config.key_rotation_days) * 86_400,
+        publish_lead_secs: i64::from(config.jwks_max_age_secs)
+            + 2 * i64::from(config.key_reload_secs),
+    })
 }
 
 /// Everything a running server holds.
@@ -127,18 +134,21 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     })?;
     let secret = secret_key(config, backend)?;
     let store = open_store(config).await?;
-    let keys = load_keys(store.as_ref(), &secret).await?;
+    let key_policy = key_policy(config, secret)?;
+    let keys = crate::auth::keys::bootstrap(store.as_ref(), &key_policy, unix_now())
+        .await
+        .map_err(|e| StartError::Other(format!("signing keys: {e}")))?;
     let passwords = Passwords::new(
         config.password_hash_slots(),
         Duration::from_millis(u64::from(config.password_hash_queue_timeout_ms)),
     )
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;
-    let access = AccessTokens {
-        issuer: config.issuer.clone(),
-        audience: config.audience.clone(),
-        ttl_secs: i64::from(config.access_token_ttl_secs),
-    };
+    let access = AccessTokens::new(
+        &config.issuer,
+        &config.audience,
+        i64::from(config.access_token_ttl_secs),
+    );
     let policy = Policy {
         refresh_token_ttl: i64::from(config.refresh_token_ttl_secs),
         session_max_age: i64::from(config.session_max_age_secs),
@@ -146,8 +156,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         signup_enabled: config.signup_enabled,
     };
     Ok(AppState {
-        auth: Arc::new(Auth::new(store, passwords, access, keys, policy)),
+        auth: Arc::new(Auth::new(
+            store, passwords, access, keys, key_policy, policy,
+        )),
         issuer: config.issuer.as_str().into(),
+        jwks_max_age_secs: config.jwks_max_age_secs,
     })
 }
 
@@ -156,6 +169,7 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     max_body_bytes: usize,
+    key_reload: Duration,
 }
 
 impl Server {
@@ -172,6 +186,7 @@ impl Server {
             listener,
             state,
             max_body_bytes: config.max_body_bytes as usize,
+            key_reload: Duration::from_secs(u64::from(config.key_reload_secs)),
         })
     }
 
@@ -190,6 +205,8 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
+        let keeper = tokio::spawn(keep_keys(self.state.auth.clone(), self.key_reload));
+        let _stop_keeper = AbortOnDrop(keeper);
         let app = http::router(self.state, self.max_body_bytes);
         axum::serve(
             self.listener,
@@ -198,6 +215,32 @@ impl Server {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartError::Other(e.to_string()))
+    }
+}
+
+/// Every instance, every `period`: rotate the signing key if it is due (only one
+/// instance succeeds), then re-read the keys so rotations made anywhere take effect.
+async fn keep_keys(auth: Arc<Auth>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = unix_now();
+        if let Err(e) = auth.rotate_keys(now, false).await {
+            tracing::warn!(error = %e, "signing key rotation check failed");
+        }
+        if let Err(e) = auth.reload_keys(now).await {
+            tracing::warn!(error = %e, "signing key reload failed; keeping the current keys");
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -2,6 +2,9 @@
 //! It decides from values it is given (`now` included) and talks to the store through
 //! the [`Store`] trait; it knows nothing of HTTP.
 
+mod clients;
+mod introspect;
+pub mod keys;
 mod refresh;
 pub mod rules;
 mod sessions;
@@ -19,6 +22,9 @@ use crate::tokens::access::{AccessTokens, Claims, VerifyError};
 use crate::tokens::keys::KeySet;
 use crate::tokens::refresh::RefreshToken;
 
+pub use clients::NewClient;
+pub use introspect::Introspection;
+pub use keys::KeyPolicy;
 pub use sessions::{LogoutScope, RevokeOutcome};
 pub use validate::{normalize_email, normalize_scope};
 
@@ -107,6 +113,26 @@ impl Counters {
     }
 }
 
+/// The client a token request speaks for.
+#[derive(Debug, Clone)]
+pub enum RequestClient {
+    /// None named: the default public client of first-party apps.
+    Default,
+    /// A public client named by `client_id`, unauthenticated.
+    Named(String),
+    /// A confidential client that proved its secret.
+    Authenticated(String),
+}
+
+impl RequestClient {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Default => None,
+            Self::Named(id) | Self::Authenticated(id) => Some(id),
+        }
+    }
+}
+
 /// Who is asking, as far as the transport knows.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
@@ -129,7 +155,9 @@ pub struct Auth {
     pub access: AccessTokens,
     pub policy: Policy,
     pub counters: Counters,
+    pub key_policy: KeyPolicy,
     keys: RwLock<Arc<KeySet>>,
+    clients: clients::ClientCache,
 }
 
 impl Auth {
@@ -138,6 +166,7 @@ impl Auth {
         passwords: Passwords,
         access: AccessTokens,
         keys: KeySet,
+        key_policy: KeyPolicy,
         policy: Policy,
     ) -> Self {
         Self {
@@ -145,7 +174,9 @@ impl Auth {
             passwords,
             access,
             policy,
+            key_policy,
             counters: Counters::default(),
+            clients: clients::ClientCache::default(),
             keys: RwLock::new(Arc::new(keys)),
         }
     }
@@ -227,12 +258,15 @@ impl Auth {
         &self,
         email: &str,
         password: SecretString,
-        client_id: Option<&str>,
+        client: &RequestClient,
         scope: Option<&str>,
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
-        let client_id = self.public_client(client_id).await?;
+        let client_id = match client {
+            RequestClient::Authenticated(id) => id.clone(),
+            other => self.public_client(other.id()).await?,
+        };
         let scope = normalize_scope(scope)?;
         // An address that cannot be an email cannot have an account; it still costs a hash.
         let email = normalize_email(email).unwrap_or_default();
@@ -308,7 +342,7 @@ impl Auth {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn grant(
+    pub(crate) fn grant(
         &self,
         user_id: Uuid,
         session_id: Uuid,
@@ -334,7 +368,7 @@ impl Auth {
     /// authenticate separately).
     async fn public_client(&self, client_id: Option<&str>) -> Result<String, AuthError> {
         let id = validate::client_id(client_id)?.unwrap_or(DEFAULT_CLIENT);
-        match self.store.client(id).await? {
+        match self.cached_client(id).await? {
             Some(client) if client.secret_hash.is_none() => Ok(client.id),
             _ => Err(AuthError::InvalidClient),
         }

@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use super::rules::{self, Decision, Rejection};
-use super::{Auth, AuthError, Caller, Counters, Grant, validate};
+use super::{Auth, AuthError, Caller, Counters, Grant, RequestClient, validate};
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
 
@@ -16,13 +16,13 @@ impl Auth {
     pub async fn refresh(
         &self,
         raw: &str,
-        client_id: Option<&str>,
+        client: &RequestClient,
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
         // A named client is checked inside the rotation statement (the token must be
         // its own), so the common case stays one round trip.
-        let client_id = validate::client_id(client_id)?;
+        let client_id = validate::client_id(client.id())?;
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
         if let Some(grant) = self.rotate(&parent, client_id, now).await? {
@@ -49,13 +49,12 @@ impl Auth {
                     }),
                     ..AuditEvent::default()
                 };
-                self.store
-                    .revoke(
-                        Revoke::Session(state.session.id),
-                        "refresh_token_reuse",
-                        &event,
-                    )
-                    .await?;
+                self.revoke_sessions(
+                    Revoke::Session(state.session.id),
+                    "refresh_token_reuse",
+                    event,
+                )
+                .await?;
                 Err(AuthError::InvalidGrant(
                     "the refresh token was already used; the session has been revoked",
                 ))
@@ -63,7 +62,9 @@ impl Auth {
             Decision::Reject(Rejection::WrongClient) => {
                 // An unknown client is a client error; a known one holding another
                 // client's token is a grant error.
-                self.public_client(client_id).await?;
+                if !matches!(client, RequestClient::Authenticated(_)) {
+                    self.public_client(client_id).await?;
+                }
                 Err(AuthError::InvalidGrant(Rejection::WrongClient.describe()))
             }
             Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
@@ -170,7 +171,12 @@ impl Auth {
                 detail: serde_json::json!({"via": "oauth_revoke"}),
             };
             self.store
-                .revoke(Revoke::Session(session_id), "logout", &event)
+                .revoke(
+                    Revoke::Session(session_id),
+                    "logout",
+                    &event,
+                    self.token_tail_secs(),
+                )
                 .await?;
         }
         Ok(())

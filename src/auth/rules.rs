@@ -116,6 +116,7 @@ mod tests {
             },
             roles: vec![],
             user_disabled: false,
+            issued_at: 1000,
             expires_at: 2000,
             spent_at: Some(1100),
             sealed_successor: Some(vec![1, 2, 3]),

@@ -59,14 +59,18 @@ impl Auth {
         Ok(claims)
     }
 
-    /// When every access token of `sessions` will have expired, verifier leeway
-    /// included: tokens are minted at login, at rotation (`last_used_at`) and at grace
-    /// replays just after it.
+    /// How long after a session's last rotation its access tokens can still be valid:
+    /// tokens are minted at login, at rotation (`last_used_at`) and at grace replays
+    /// just after it, and verifiers allow some leeway.
+    pub fn token_tail_secs(&self) -> i64 {
+        self.policy.refresh_grace + self.access.ttl_secs + LEEWAY_SECS as i64
+    }
+
+    /// When every access token of `sessions` will have expired.
     fn effective_at(&self, sessions: &[Session], now: i64) -> i64 {
-        let tail = self.policy.refresh_grace + self.access.ttl_secs + LEEWAY_SECS as i64;
         sessions
             .iter()
-            .map(|s| s.last_used_at + tail)
+            .map(|s| s.last_used_at + self.token_tail_secs())
             .max()
             .unwrap_or(now)
             .max(now)
@@ -79,7 +83,10 @@ impl Auth {
         event: AuditEvent,
     ) -> Result<RevokeOutcome, AuthError> {
         let now = event.at;
-        let revoked = self.store.revoke(target, reason, &event).await?;
+        let revoked = self
+            .store
+            .revoke(target, reason, &event, self.token_tail_secs())
+            .await?;
         let effective_at = self.effective_at(&revoked, now);
         Ok(RevokeOutcome {
             revoked,
@@ -209,7 +216,12 @@ impl Auth {
         let event = self.event(action, Some(user_id), None, Some(admin.sub), ip, now);
         let found = self
             .store
-            .set_user_disabled(user_id, disable.then_some(now), &event)
+            .set_user_disabled(
+                user_id,
+                disable.then_some(now),
+                &event,
+                self.token_tail_secs(),
+            )
             .await?;
         if !found {
             return Err(AuthError::NotFound);

@@ -192,3 +192,60 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .map_err(|_| ApiError::bad_request("invalid_request", "the query string is malformed"))
     }
 }
+
+/// Client credentials from an `Authorization: Basic` header (RFC 6749 §2.3.1), if sent.
+pub struct BasicAuth(pub Option<(String, String)>);
+
+/// `application/x-www-form-urlencoded` decoding of one credential part.
+fn form_decode(part: &str) -> Option<String> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = part.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BasicAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        use base64::Engine;
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Self(None));
+        };
+        let value = value.to_str().unwrap_or_default();
+        let Some((scheme, encoded)) = value.split_once(' ') else {
+            return Ok(Self(None));
+        };
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Ok(Self(None));
+        }
+        let bad = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "malformed Basic credentials",
+            )
+        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| bad())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+        let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+        Ok(Self(Some((
+            form_decode(id).ok_or_else(bad)?,
+            form_decode(secret).ok_or_else(bad)?,
+        ))))
+    }
+}

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 mod oauth;
 mod ops;
+mod services;
 mod wellknown;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub auth: Arc<Auth>,
     pub issuer: Arc<str>,
+    pub jwks_max_age_secs: u32,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -32,6 +34,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(oauth::router())
         .merge(account::router())
         .merge(admin::router())
+        .merge(services::router())
         .merge(wellknown::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::not_found() })

@@ -8,9 +8,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{ClientInfo, OAuthParams, now};
+use super::extract::{BasicAuth, ClientInfo, OAuthParams, now};
 use super::{ApiError, AppState};
-use crate::auth::Grant;
+use crate::auth::{Grant, RequestClient};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,6 +25,7 @@ struct TokenRequest {
     password: Option<String>,
     refresh_token: Option<String>,
     client_id: Option<String>,
+    client_secret: Option<String>,
     scope: Option<String>,
 }
 
@@ -43,12 +44,52 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ApiErr
     })
 }
 
+/// Which client a request speaks for: HTTP Basic or `client_secret_post` credentials
+/// make it an authenticated confidential client; a bare `client_id` names a public one.
+pub async fn request_client(
+    state: &AppState,
+    basic: Option<(String, String)>,
+    client_id: Option<&str>,
+    client_secret: Option<&str>,
+) -> Result<RequestClient, ApiError> {
+    let credentials = match (basic, client_secret.filter(|s| !s.is_empty())) {
+        (Some(pair), _) => Some(pair),
+        (None, Some(secret)) => Some((
+            required_str(client_id, "client_id")?.to_owned(),
+            secret.to_owned(),
+        )),
+        (None, None) => None,
+    };
+    Ok(match credentials {
+        Some((id, secret)) => {
+            RequestClient::Authenticated(state.auth.authenticate_client(&id, &secret).await?.id)
+        }
+        None => match client_id.filter(|c| !c.is_empty()) {
+            Some(id) => RequestClient::Named(id.to_owned()),
+            None => RequestClient::Default,
+        },
+    })
+}
+
+fn required_str<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, ApiError> {
+    value.filter(|v| !v.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("invalid_request", format!("missing parameter: {name}"))
+    })
+}
+
 async fn token(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
+    BasicAuth(basic): BasicAuth,
     OAuthParams(req): OAuthParams<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let client_id = req.client_id.as_deref().filter(|c| !c.is_empty());
+    let client = request_client(
+        &state,
+        basic,
+        req.client_id.as_deref(),
+        req.client_secret.as_deref(),
+    )
+    .await?;
     let grant = match required(&req.grant_type, "grant_type")? {
         "password" => {
             let username = required(&req.username, "username")?;
@@ -58,7 +99,7 @@ async fn token(
                 .login(
                     username,
                     password.into(),
-                    client_id,
+                    &client,
                     req.scope.as_deref(),
                     &caller,
                     now(),
@@ -67,7 +108,7 @@ async fn token(
         }
         "refresh_token" => {
             let token = required(&req.refresh_token, "refresh_token")?;
-            state.auth.refresh(token, client_id, &caller, now()).await?
+            state.auth.refresh(token, &client, &caller, now()).await?
         }
         _ => {
             return Err(ApiError::bad_request(

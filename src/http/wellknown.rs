@@ -9,10 +9,6 @@ use axum::routing::get;
 
 use super::AppState;
 
-/// How long verifiers may cache the JWKS. Key rotation publishes a new key at least
-/// this long before it signs.
-pub const JWKS_MAX_AGE_SECS: u32 = 300;
-
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
@@ -26,7 +22,7 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
             (header::CONTENT_TYPE, "application/json".to_owned()),
             (
                 header::CACHE_CONTROL,
-                format!("public, max-age={JWKS_MAX_AGE_SECS}"),
+                format!("public, max-age={}", state.jwks_max_age_secs),
             ),
         ],
         keys.jwks_json().to_owned(),
@@ -43,10 +39,11 @@ async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
         "introspection_endpoint": format!("{iss}/oauth/introspect"),
         "grant_types_supported": ["password", "refresh_token"],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["none"],
+        "revocation_feed_endpoint": format!("{iss}/v1/revocations"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "id_token_signing_alg_values_supported": [],
-        "access_token_signing_alg_values_supported": ["EdDSA"],
+        "access_token_signing_alg_values_supported": [state.auth.key_policy.alg],
     }))
 }

@@ -160,11 +160,33 @@ pub struct TokenState {
     pub session: Session,
     pub roles: Vec<String>,
     pub user_disabled: bool,
+    pub issued_at: i64,
     pub expires_at: i64,
     pub spent_at: Option<i64>,
     pub sealed_successor: Option<Vec<u8>>,
     pub successor_spent: bool,
     pub successor_expires_at: Option<i64>,
+}
+
+/// A key rotation, applied atomically: add `key` (unless a key created at or after
+/// `unless_created_since` exists), retire every other unretired key at `retire_old_at`,
+/// and forget keys retired before `prune_retired_before`.
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    pub key: StoredKey,
+    pub retire_old_at: i64,
+    pub unless_created_since: Option<i64>,
+    pub prune_retired_before: i64,
+}
+
+/// An ended session in the revocation feed: its access tokens may be valid until
+/// `expires_at` (Unix seconds, like a JWT's `exp`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub seq: i64,
+    pub session_id: Uuid,
+    pub revoked_at: i64,
+    pub expires_at: i64,
 }
 
 /// Which sessions a revocation ends.
@@ -203,14 +225,19 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
         disabled_at: Option<i64>,
         event: &'a AuditEvent,
+        token_tail_secs: i64,
     ) -> StoreFuture<'a, bool>;
 
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Client>>;
+    fn create_client<'a>(&'a self, client: &'a Client, now: i64) -> StoreFuture<'a, ()>;
 
     fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
     /// Stores the first signing key, unless another instance got there first
     /// (`false`): instances that start together agree on one key.
     fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool>;
+
+    /// Applies a rotation; `false` when another instance rotated first.
+    fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool>;
 
     /// A new session with its first refresh token.
     fn create_session<'a>(
@@ -229,13 +256,24 @@ pub trait Store: Send + Sync + 'static {
     /// The session's user if the session is live and the user enabled: the live check
     /// behind account and admin routes.
     fn live_user(&self, session_id: Uuid, now: i64) -> StoreFuture<'_, Option<User>>;
-    /// Ends the selected live sessions; returns them.
+    /// Ends the selected live sessions and adds them to the revocation feed, their
+    /// access tokens valid until `last_used_at + token_tail_secs`; returns them.
     fn revoke<'a>(
         &'a self,
         target: Revoke,
         reason: &'a str,
         event: &'a AuditEvent,
+        token_tail_secs: i64,
     ) -> StoreFuture<'a, Vec<Session>>;
+    /// Feed entries after `after` whose tokens may still be unexpired at `now`.
+    fn revocations_after(
+        &self,
+        after: i64,
+        now: i64,
+        limit: i64,
+    ) -> StoreFuture<'_, Vec<Revocation>>;
+    /// Revocations as they are committed, on this instance or (PostgreSQL) any other.
+    fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation>;
 
     fn record<'a>(&'a self, event: &'a AuditEvent) -> StoreFuture<'a, ()>;
     fn audit_events<'a>(
@@ -264,6 +302,25 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, 
         Some("postgres") => Ok(Arc::new(PgStore::connect(url, max_connections).await?)),
         _ => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
     }
+}
+
+/// The embedded migrations of one backend.
+fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType};
+    let migrations = files
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                (*name).into(),
+                MigrationType::Simple,
+                (*sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    sqlx::migrate::Migrator::with_migrations(migrations)
 }
 
 fn roles_from(text: &str) -> Vec<String> {

@@ -1,14 +1,13 @@
 //! PostgreSQL: the production store. Any number of instances share one database;
 //! rotation is a single statement whose row lock picks exactly one winner.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use tokio::sync::broadcast;
 
-use super::{Rotated, Rotation, StoreError, StoreFuture};
+use super::{KeyRotation, Revocation, Rotated, Rotation, StoreError, StoreFuture};
 use crate::tokens::keys::StoredKey;
 
 type Db = sqlx::Postgres;
@@ -16,9 +15,15 @@ type Row = PgRow;
 
 super::shared::rows!();
 
+/// The channel revocations are announced on, to every instance.
+const CHANNEL: &str = "tessera_revocations";
+/// NOTIFY payloads must stay under 8000 bytes: ~100 bytes a revocation.
+const PER_NOTIFY: usize = 50;
+
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    feed: broadcast::Sender<Revocation>,
 }
 
 impl PgStore {
@@ -28,22 +33,73 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let (feed, _) = broadcast::channel(1024);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        tokio::spawn(relay(listener, feed.clone()));
+        Ok(Self { pool, feed })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Inside the revoking transaction: PostgreSQL delivers the notification to every
+    /// listening instance when (and only if) the transaction commits.
+    async fn announce(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        revocations: &[Revocation],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in revocations.chunks(PER_NOTIFY) {
+            let payload = serde_json::to_string(chunk).unwrap_or_default();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Nothing to do after commit: our own listener hears the notification too.
+    fn announced(&self, _: Vec<Revocation>) {}
+}
+
+/// Relays notifications to this instance's subscribers. `PgListener` reconnects by
+/// itself; notifications sent while it was away are lost here, which is why stream
+/// consumers also re-read the feed table (see `http::services`).
+async fn relay(mut listener: PgListener, feed: broadcast::Sender<Revocation>) {
+    loop {
+        match listener.recv().await {
+            Ok(notification) => {
+                if let Ok(batch) = serde_json::from_str::<Vec<Revocation>>(notification.payload()) {
+                    for r in batch {
+                        let _ = feed.send(r);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation listener error; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    super::migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        (
+            2,
+            "revocations",
+            include_str!("../../migrations/postgres/0002_revocations.sql"),
+        ),
+    ])
 }
 
 /// Spend the parent only if it is unspent and unexpired, its session live and its user
@@ -98,6 +154,18 @@ impl super::Store for PgStore {
             let inserted = insert_key_if_none(&mut *tx, key).await?;
             tx.commit().await?;
             Ok(inserted)
+        })
+    }
+
+    fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7365821)")
+                .execute(&mut *tx)
+                .await?;
+            let added = rotate_keys_in(&mut tx, rotation).await?;
+            tx.commit().await?;
+            Ok(added)
         })
     }
 

@@ -90,6 +90,74 @@ macro_rules! rows {
             Ok(done.rows_affected() == 1)
         }
 
+        async fn rotate_keys_in(
+            conn: &mut <Db as sqlx::Database>::Connection,
+            r: &crate::store::KeyRotation,
+        ) -> Result<bool, sqlx::Error> {
+            let k = &r.key;
+            let inserted = sqlx::query(
+                "INSERT INTO signing_keys \
+                 (kid, alg, public_jwk, private_sealed, created_at, activates_at, retires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 \
+                 WHERE $8 IS NULL OR NOT EXISTS (SELECT 1 FROM signing_keys WHERE created_at >= $8)",
+            )
+            .bind(&k.kid)
+            .bind(&k.alg)
+            .bind(&k.public_jwk)
+            .bind(&k.private_sealed)
+            .bind(k.created_at)
+            .bind(k.activates_at)
+            .bind(k.retires_at)
+            .bind(r.unless_created_since)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if !inserted {
+                return Ok(false);
+            }
+            sqlx::query("UPDATE signing_keys SET retires_at = $1 WHERE retires_at IS NULL AND kid <> $2")
+                .bind(r.retire_old_at)
+                .bind(&k.kid)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM signing_keys WHERE retires_at IS NOT NULL AND retires_at < $1")
+                .bind(r.prune_retired_before)
+                .execute(&mut *conn)
+                .await?;
+            Ok(true)
+        }
+
+        /// Adds ended sessions to the revocation feed (and forgets entries whose tokens
+        /// expired an hour ago).
+        async fn record_revocations(
+            conn: &mut <Db as sqlx::Database>::Connection,
+            sessions: &[crate::store::Session],
+            now: i64,
+            tail: i64,
+        ) -> Result<Vec<crate::store::Revocation>, sqlx::Error> {
+            let mut out = Vec::with_capacity(sessions.len());
+            for s in sessions {
+                let expires_at = s.last_used_at + tail;
+                let row = sqlx::query(
+                    "INSERT INTO revocations (session_id, revoked_at, expires_at) VALUES ($1, $2, $3) RETURNING seq",
+                )
+                .bind(s.id)
+                .bind(now)
+                .bind(expires_at)
+                .fetch_one(&mut *conn)
+                .await?;
+                out.push(crate::store::Revocation { seq: row.try_get("seq")?, session_id: s.id, revoked_at: now, expires_at });
+            }
+            if !out.is_empty() {
+                sqlx::query("DELETE FROM revocations WHERE expires_at < $1")
+                    .bind(now - 3600)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(out)
+        }
+
         async fn insert_audit<'e>(
             ex: impl sqlx::Executor<'e, Database = Db>,
             e: &crate::store::AuditEvent,
@@ -209,6 +277,7 @@ macro_rules! queries {
             id: uuid::Uuid,
             disabled_at: Option<i64>,
             event: &'a crate::store::AuditEvent,
+            token_tail_secs: i64,
         ) -> crate::store::StoreFuture<'a, bool> {
             Box::pin(async move {
                 let mut tx = self.pool.begin().await?;
@@ -221,18 +290,24 @@ macro_rules! queries {
                 if !found {
                     return Ok(false);
                 }
+                let mut revocations = Vec::new();
                 if let Some(now) = disabled_at {
-                    sqlx::query(
+                    let rows = sqlx::query(concat!(
                         "UPDATE sessions SET revoked_at = $1, revoked_reason = 'user_disabled' \
-                         WHERE user_id = $2 AND revoked_at IS NULL",
-                    )
+                         WHERE user_id = $2 AND revoked_at IS NULL RETURNING ",
+                        crate::store::shared::session_cols!()
+                    ))
                     .bind(now)
                     .bind(id)
-                    .execute(&mut *tx)
+                    .fetch_all(&mut *tx)
                     .await?;
+                    let ended: Vec<crate::store::Session> = rows.iter().map(session_row).collect::<Result<_, _>>()?;
+                    revocations = record_revocations(&mut tx, &ended, now, token_tail_secs).await?;
+                    self.announce(&mut tx, &revocations).await?;
                 }
                 insert_audit(&mut *tx, event).await?;
                 tx.commit().await?;
+                self.announced(revocations);
                 Ok(true)
             })
         }
@@ -251,6 +326,19 @@ macro_rules! queries {
                     }),
                     None => None,
                 })
+            })
+        }
+
+        fn create_client<'a>(&'a self, c: &'a crate::store::Client, now: i64) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO clients (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&c.id)
+                    .bind(&c.name)
+                    .bind(&c.secret_hash)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             })
         }
 
@@ -313,7 +401,7 @@ macro_rules! queries {
                 let row = sqlx::query(
                     "SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, \
                             s.expires_at, s.revoked_at, s.user_agent, s.ip, u.roles, u.disabled_at, \
-                            t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
+                            t.issued_at, t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
                             c.spent_at AS successor_spent_at, c.expires_at AS successor_expires_at \
                      FROM refresh_tokens t \
                      JOIN sessions s ON s.id = t.session_id \
@@ -330,6 +418,7 @@ macro_rules! queries {
                     session: session_row(&row)?,
                     roles: crate::store::roles_from(row.try_get("roles")?),
                     user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+                    issued_at: row.try_get("issued_at")?,
                     expires_at: row.try_get("token_expires_at")?,
                     spent_at: row.try_get("spent_at")?,
                     sealed_successor: row.try_get("sealed_successor")?,
@@ -397,6 +486,7 @@ macro_rules! queries {
             target: crate::store::Revoke,
             reason: &'a str,
             event: &'a crate::store::AuditEvent,
+            token_tail_secs: i64,
         ) -> crate::store::StoreFuture<'a, Vec<crate::store::Session>> {
             Box::pin(async move {
                 use crate::store::Revoke;
@@ -442,9 +532,47 @@ macro_rules! queries {
                     event.detail = detail.into();
                     insert_audit(&mut *tx, &event).await?;
                 }
+                let revocations = record_revocations(&mut tx, &revoked, event.at, token_tail_secs).await?;
+                self.announce(&mut tx, &revocations).await?;
                 tx.commit().await?;
+                self.announced(revocations);
                 Ok(revoked)
             })
+        }
+
+        fn revocations_after(
+            &self,
+            after: i64,
+            now: i64,
+            limit: i64,
+        ) -> crate::store::StoreFuture<'_, Vec<crate::store::Revocation>> {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT seq, session_id, revoked_at, expires_at FROM revocations \
+                     WHERE seq > $1 AND expires_at > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(after)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                let feed = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(crate::store::Revocation {
+                            seq: row.try_get("seq")?,
+                            session_id: row.try_get("session_id")?,
+                            revoked_at: row.try_get("revoked_at")?,
+                            expires_at: row.try_get("expires_at")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?;
+                Ok(feed)
+            })
+        }
+
+        fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<crate::store::Revocation> {
+            self.feed.subscribe()
         }
 
         fn record<'a>(&'a self, event: &'a crate::store::AuditEvent) -> crate::store::StoreFuture<'a, ()> {

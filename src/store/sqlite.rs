@@ -1,19 +1,18 @@
 //! SQLite: the zero-setup store, one file, one instance. WAL mode; writers queue on
 //! SQLite's write lock (busy timeout) so concurrent rotations still have one winner.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 
-use super::{Rotated, Rotation, StoreError, StoreFuture};
+use super::{KeyRotation, Revocation, Rotated, Rotation, StoreError, StoreFuture};
 use crate::tokens::keys::StoredKey;
+use tokio::sync::broadcast;
 
 type Db = sqlx::Sqlite;
 type Row = SqliteRow;
@@ -23,6 +22,7 @@ super::shared::rows!();
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    feed: broadcast::Sender<Revocation>,
 }
 
 impl SqliteStore {
@@ -43,7 +43,23 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let (feed, _) = broadcast::channel(1024);
+        Ok(Self { pool, feed })
+    }
+
+    /// One instance per file: announcements go out in-process, after commit.
+    async fn announce(
+        &self,
+        _: &mut sqlx::SqliteConnection,
+        _: &[Revocation],
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    fn announced(&self, revocations: Vec<Revocation>) {
+        for r in revocations {
+            let _ = self.feed.send(r);
+        }
     }
 }
 
@@ -57,13 +73,18 @@ pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    super::migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "revocations",
+            include_str!("../../migrations/sqlite/0002_revocations.sql"),
+        ),
+    ])
 }
 
 impl super::Store for SqliteStore {
@@ -81,6 +102,15 @@ impl super::Store for SqliteStore {
     /// One statement: SQLite's write lock serialises it against any other writer.
     fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool> {
         Box::pin(async move { Ok(insert_key_if_none(&self.pool, key).await?) })
+    }
+
+    fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let added = rotate_keys_in(&mut tx, rotation).await?;
+            tx.commit().await?;
+            Ok(added)
+        })
     }
 
     /// SQLite has no data-modifying CTEs; the same rules run as one write transaction

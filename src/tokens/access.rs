@@ -1,63 +1,36 @@
 //! Access tokens: JWTs per RFC 9068 (`typ: at+jwt`), signed with the active key of a
-//! [`KeySet`] and verified with a pinned algorithm, issuer, audience and expiry.
+//! [`KeySet`] and verified through the same path as the `verify` module.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::Signer as _;
-use jsonwebtoken::{Algorithm, Validation};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::{KeySet, Signer};
+use super::keys::KeySet;
+use crate::verify::Rules;
+pub use crate::verify::{Claims, MAX_TOKEN_BYTES, VerifyError};
 
-/// Longest access token accepted for verification; ours are well under 1 KiB.
-pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Clock skew tolerated on `exp` between instances.
 pub const LEEWAY_SECS: u64 = 5;
-
-/// The claims of an access token (RFC 9068 §2.2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub sub: Uuid,
-    pub aud: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: Uuid,
-    pub client_id: String,
-    pub sid: Uuid,
-    pub scope: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub roles: Vec<String>,
-}
-
-/// Why a token was not accepted. Callers answer 401 for every variant alike.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerifyError {
-    #[error("token too large")]
-    TooLarge,
-    #[error("malformed token")]
-    Malformed,
-    #[error("unknown signing key")]
-    UnknownKey,
-    #[error("wrong token type")]
-    WrongType,
-    #[error("token expired")]
-    Expired,
-    #[error("invalid token")]
-    Invalid,
-}
 
 /// Mints and checks access tokens for one issuer and audience.
 pub struct AccessTokens {
     pub issuer: String,
     pub audience: String,
     pub ttl_secs: i64,
+    rules: Rules,
 }
 
 impl AccessTokens {
+    pub fn new(issuer: &str, audience: &str, ttl_secs: i64) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ttl_secs,
+            rules: Rules::new(issuer, audience, LEEWAY_SECS),
+        }
+    }
+
     /// Fills in the standard claims for a session's user.
-    #[allow(clippy::too_many_arguments)]
     pub fn claims(
         &self,
         user_id: Uuid,
@@ -85,65 +58,33 @@ impl AccessTokens {
     /// parsing, unlike `jsonwebtoken::encode`.
     pub fn sign(&self, keys: &KeySet, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let mut token = String::with_capacity(512);
+        let mut token = String::with_capacity(768);
         token.push_str(&keys.active.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = match &keys.active.signer {
-            Signer::Ed25519(key) => key.sign(token.as_bytes()).to_bytes(),
-        };
+        let signature = keys.active.signer.sign(token.as_bytes());
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        token.push_str(&signature);
         token
     }
 
     /// Verifies signature (algorithm pinned to the key named by `kid`), `typ`, `iss`,
     /// `aud` and `exp`.
     pub fn verify(&self, keys: &KeySet, token: &str) -> Result<Claims, VerifyError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(VerifyError::TooLarge);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if !header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        }) {
-            return Err(VerifyError::WrongType);
-        }
-        let kid = header.kid.as_deref().ok_or(VerifyError::UnknownKey)?;
-        let key = keys.verify.get(kid).ok_or(VerifyError::UnknownKey)?;
-        let validation = self.validation(key.alg);
-        jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
-                _ => VerifyError::Invalid,
-            })
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = LEEWAY_SECS;
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        v
+        self.rules.decode(token, |kid| keys.verify.get(kid))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::keys::{KeyError, SecretKey, generate_ed25519};
+    use crate::tokens::keys::{KeyError, SecretKey, generate};
+    use jsonwebtoken::Algorithm;
 
-    fn setup() -> Result<(AccessTokens, KeySet), KeyError> {
+    fn setup(alg: Algorithm) -> Result<(AccessTokens, KeySet), KeyError> {
         let secret = SecretKey::generate();
-        let keys = KeySet::load(&secret, &[generate_ed25519(&secret, 0)], 0)?;
-        let tokens = AccessTokens {
-            issuer: "https://issuer.test".into(),
-            audience: "api".into(),
-            ttl_secs: 900,
-        };
-        Ok((tokens, keys))
+        let keys = KeySet::load(&secret, &[generate(alg, &secret, 0)?], None, 0)?;
+        Ok((AccessTokens::new("https://issuer.test", "api", 900), keys))
     }
 
     fn now() -> i64 {
@@ -151,24 +92,26 @@ mod tests {
     }
 
     #[test]
-    fn signed_token_verifies_with_every_claim() -> Result<(), KeyError> {
-        let (tokens, keys) = setup()?;
-        let claims = tokens.claims(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            "app",
-            "openid",
-            vec!["admin".into()],
-            now(),
-        );
-        let jwt = tokens.sign(&keys, &claims);
-        assert_eq!(tokens.verify(&keys, &jwt), Ok(claims));
+    fn signed_token_verifies_with_every_claim_for_every_algorithm() -> Result<(), KeyError> {
+        for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+            let (tokens, keys) = setup(alg)?;
+            let claims = tokens.claims(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                "app",
+                "openid",
+                vec!["admin".into()],
+                now(),
+            );
+            let jwt = tokens.sign(&keys, &claims);
+            assert_eq!(tokens.verify(&keys, &jwt), Ok(claims), "{alg:?}");
+        }
         Ok(())
     }
 
     #[test]
     fn rejects_expired_tampered_foreign_and_oversized() -> Result<(), KeyError> {
-        let (tokens, keys) = setup()?;
+        let (tokens, keys) = setup(Algorithm::EdDSA)?;
         let claims = tokens.claims(
             Uuid::new_v4(),
             Uuid::new_v4(),
@@ -203,7 +146,7 @@ mod tests {
             Err(VerifyError::Invalid)
         );
 
-        let (_, other_keys) = setup()?;
+        let (_, other_keys) = setup(Algorithm::EdDSA)?;
         assert_eq!(
             tokens.verify(&other_keys, &good),
             Err(VerifyError::UnknownKey)
@@ -217,11 +160,7 @@ mod tests {
             Err(VerifyError::Malformed)
         );
 
-        let wrong_aud = AccessTokens {
-            audience: "other".into(),
-            issuer: tokens.issuer.clone(),
-            ttl_secs: 900,
-        };
+        let wrong_aud = AccessTokens::new(&tokens.issuer, "other", 900);
         assert_eq!(wrong_aud.verify(&keys, &good), Err(VerifyError::Invalid));
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tessera::auth::Caller;
+use tessera::auth::{Caller, RequestClient};
 
 use crate::both_stores;
 use crate::helpers::{Backend, TestApp, json, s, spawn_app, spawn_app_with, spawn_instance};
@@ -160,13 +160,13 @@ async fn replay_outside_the_window_kills_the_session(backend: Backend) {
     let caller = Caller::default();
     app.state
         .auth
-        .refresh(&parent, None, &caller, now)
+        .refresh(&parent, &RequestClient::Default, &caller, now)
         .await
         .unwrap();
     assert!(
         app.state
             .auth
-            .refresh(&parent, None, &caller, now + 10)
+            .refresh(&parent, &RequestClient::Default, &caller, now + 10)
             .await
             .is_ok(),
         "inside the window"
@@ -174,7 +174,7 @@ async fn replay_outside_the_window_kills_the_session(backend: Backend) {
     assert!(
         app.state
             .auth
-            .refresh(&parent, None, &caller, now + 11)
+            .refresh(&parent, &RequestClient::Default, &caller, now + 11)
             .await
             .is_err(),
         "after the window"
@@ -265,27 +265,52 @@ async fn lifetimes_end_tokens_and_sessions(backend: Backend) {
     let now = tessera::http::extract::now();
     // Idle timeout: a token unused for its TTL is dead.
     assert!(matches!(
-        auth.refresh(&s(&first, "refresh_token"), None, &caller, now + 100)
-            .await,
+        auth.refresh(
+            &s(&first, "refresh_token"),
+            &RequestClient::Default,
+            &caller,
+            now + 100
+        )
+        .await,
         Err(tessera::auth::AuthError::InvalidGrant(_))
     ));
     // Used in time, each successor gets a fresh TTL, but never past the session's end.
     let g1 = auth
-        .refresh(&s(&first, "refresh_token"), None, &caller, now + 90)
+        .refresh(
+            &s(&first, "refresh_token"),
+            &RequestClient::Default,
+            &caller,
+            now + 90,
+        )
         .await
         .unwrap();
     let g2 = auth
-        .refresh(g1.refresh_token.expose(), None, &caller, now + 180)
+        .refresh(
+            g1.refresh_token.expose(),
+            &RequestClient::Default,
+            &caller,
+            now + 180,
+        )
         .await
         .unwrap();
     assert!(
-        auth.refresh(g2.refresh_token.expose(), None, &caller, now + 250)
-            .await
-            .is_err(),
+        auth.refresh(
+            g2.refresh_token.expose(),
+            &RequestClient::Default,
+            &caller,
+            now + 250
+        )
+        .await
+        .is_err(),
         "session max age"
     );
     let g3 = auth
-        .refresh(g2.refresh_token.expose(), None, &caller, now + 248)
+        .refresh(
+            g2.refresh_token.expose(),
+            &RequestClient::Default,
+            &caller,
+            now + 248,
+        )
         .await
         .unwrap();
     let state = auth

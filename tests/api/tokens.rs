@@ -187,11 +187,7 @@ async fn forged_expired_and_foreign_tokens_get_401(backend: Backend) {
     let sid = uuid::Uuid::parse_str(part(&token, 1)["sid"].as_str().unwrap()).unwrap();
     let sub = uuid::Uuid::parse_str(part(&token, 1)["sub"].as_str().unwrap()).unwrap();
     let now = tessera::http::extract::now();
-    let minter = |issuer: &str, audience: &str| AccessTokens {
-        issuer: issuer.into(),
-        audience: audience.into(),
-        ttl_secs: 900,
-    };
+    let minter = |issuer: &str, audience: &str| AccessTokens::new(issuer, audience, 900);
     let expired = minter(ISSUER, ISSUER);
     assert_rejected(
         &app,

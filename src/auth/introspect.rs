@@ -1,0 +1,90 @@
+//! RFC 7662 introspection, for services that ask online: an access token is active
+//! only while its session is live (one indexed read); a refresh token while it is
+//! unspent, unexpired and its session live.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Auth, AuthError};
+use crate::tokens::refresh::RefreshToken;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Uuid>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl Auth {
+    pub async fn introspect(&self, token: &str, now: i64) -> Result<Introspection, AuthError> {
+        if let Some(refresh) = RefreshToken::parse(token) {
+            let Some(state) = self.store.token_state(refresh.hash()).await? else {
+                return Ok(Introspection::default());
+            };
+            let s = &state.session;
+            let active = state.spent_at.is_none()
+                && state.expires_at > now
+                && s.revoked_at.is_none()
+                && s.expires_at > now
+                && !state.user_disabled;
+            if !active {
+                return Ok(Introspection::default());
+            }
+            return Ok(Introspection {
+                active: true,
+                token_type: Some("refresh_token"),
+                sub: Some(s.user_id),
+                sid: Some(s.id),
+                client_id: Some(s.client_id.clone()),
+                scope: Some(s.scope.clone()),
+                exp: Some(state.expires_at),
+                iat: Some(state.issued_at),
+                iss: Some(self.access.issuer.clone()),
+                ..Introspection::default()
+            });
+        }
+        let Ok(claims) = self.verify_access(token) else {
+            return Ok(Introspection::default());
+        };
+        let Some(user) = self.store.live_user(claims.sid, now).await? else {
+            return Ok(Introspection::default());
+        };
+        Ok(Introspection {
+            active: true,
+            token_type: Some("Bearer"),
+            sub: Some(claims.sub),
+            sid: Some(claims.sid),
+            username: Some(user.email),
+            client_id: Some(claims.client_id),
+            scope: Some(claims.scope),
+            exp: Some(claims.exp),
+            iat: Some(claims.iat),
+            iss: Some(claims.iss),
+            aud: Some(claims.aud),
+            jti: Some(claims.jti),
+            roles: claims.roles,
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! For backend services (confidential clients): RFC 7662 introspection and the
+//! revocation feed, as JSON pages or a live Server-Sent Events stream.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::extract::{BasicAuth, OAuthParams, QueryParams, now};
+use super::oauth::request_client;
+use super::{ApiError, AppState};
+use crate::auth::RequestClient;
+use crate::store::{Revocation, Store};
+
+const PAGE: i64 = 1000;
+/// The stream re-reads the feed table this often, so a notification lost between
+/// instances (a listener reconnecting) costs at most this much delay.
+const RESYNC: Duration = Duration::from_secs(5);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/introspect", post(introspect))
+        .route("/v1/revocations", get(revocations))
+}
+
+async fn confidential(
+    state: &AppState,
+    basic: Option<(String, String)>,
+    id: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(), ApiError> {
+    match request_client(state, basic, id, secret).await? {
+        RequestClient::Authenticated(_) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication is required",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct IntrospectRequest {
+    token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+async fn introspect(
+    State(state): State<AppState>,
+    BasicAuth(basic): BasicAuth,
+    OAuthParams(req): OAuthParams<IntrospectRequest>,
+) -> Result<Response, ApiError> {
+    confidential(
+        &state,
+        basic,
+        req.client_id.as_deref(),
+        req.client_secret.as_deref(),
+    )
+    .await?;
+    let token = req
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "missing parameter: token"))?;
+    let answer = state.auth.introspect(token, now()).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response())
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FeedPage {
+    revocations: Vec<Revocation>,
+    cursor: String,
+}
+
+/// Revoked sessions whose access tokens may still be unexpired, oldest first. JSON
+/// pages (`?after=<cursor>`), or with `Accept: text/event-stream` a live stream that
+/// starts after `Last-Event-ID` (or `after`).
+async fn revocations(
+    State(state): State<AppState>,
+    BasicAuth(basic): BasicAuth,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<FeedQuery>,
+) -> Result<Response, ApiError> {
+    confidential(&state, basic, None, None).await?;
+    let from_header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let after = match from_header.or(q.after).filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("invalid_request", "after is not a valid cursor"))?,
+    };
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let store = state.auth.store.clone();
+    if wants_stream {
+        // Subscribe before reading the backlog, so nothing falls between the two.
+        let live = store.subscribe_revocations();
+        let stream = feed_stream(store, live, after);
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response());
+    }
+    let page = store
+        .revocations_after(after, now(), PAGE)
+        .await
+        .map_err(crate::auth::AuthError::from)?;
+    let cursor = page.last().map_or(after, |r| r.seq).to_string();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(FeedPage {
+            revocations: page,
+            cursor,
+        }),
+    )
+        .into_response())
+}
+
+struct Feed {
+    store: std::sync::Arc<dyn Store>,
+    live: broadcast::Receiver<Revocation>,
+    pending: VecDeque<Revocation>,
+    last_seq: i64,
+    next_resync: tokio::time::Instant,
+}
+
+impl Feed {
+    /// Reads the table past `last_seq` (the backlog, a resync, or after lagging).
+    async fn catch_up(&mut self) {
+        if let Ok(rows) = self
+            .store
+            .revocations_after(self.last_seq, now(), PAGE)
+            .await
+        {
+            self.pending
+                .extend(rows.into_iter().filter(|r| r.seq > self.last_seq));
+        }
+        self.next_resync = tokio::time::Instant::now() + RESYNC;
+    }
+
+    async fn next(&mut self) -> Revocation {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                if r.seq > self.last_seq {
+                    self.last_seq = r.seq;
+                    return r;
+                }
+                continue;
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(r) => self.pending.push_back(r),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(self.next_resync).await;
+                        self.catch_up().await;
+                    }
+                },
+                () = tokio::time::sleep_until(self.next_resync) => self.catch_up().await,
+            }
+        }
+    }
+}
+
+fn feed_stream(
+    store: std::sync::Arc<dyn Store>,
+    live: broadcast::Receiver<Revocation>,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let feed = Feed {
+        store,
+        live,
+        pending: VecDeque::new(),
+        last_seq: after,
+        next_resync: tokio::time::Instant::now(),
+    };
+    futures_util::stream::unfold(feed, |mut feed| async move {
+        let r = feed.next().await;
+        let event = Event::default()
+            .event("revocation")
+            .id(r.seq.to_string())
+            .data(serde_json::to_string(&r).unwrap_or_default());
+        Some((Ok(event), feed))
+    })
+}

@@ -10,5 +10,6 @@ mod cli;
 mod invariants;
 mod refresh;
 mod scaleout;
+mod services;
 mod sessions;
 mod tokens;

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::Key;
 
-const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+pub(super) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 const MAX_MAX_AGE: Duration = Duration::from_secs(86_400);
 
 pub(super) struct Fetched {
@@ -63,7 +63,13 @@ pub(super) async fn fetch(http: &reqwest::Client, base_url: &str) -> Result<Fetc
             .get("cache-control")
             .and_then(|v| v.to_str().ok()),
     );
-    let set: JwkSet = response.json().await.map_err(|e| e.to_string())?;
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    parse(&text, max_age)
+}
+
+/// The usable keys of a JWKS document.
+pub(super) fn parse(text: &str, max_age: Duration) -> Result<Fetched, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), algorithm(jwk)) else {

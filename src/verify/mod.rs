@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     fetching: tokio::sync::Mutex<()>,
     /// Revoked session ids and when their last access token expires.
     revoked: RwLock<HashMap<Uuid, i64>>,
+    /// Counts revocations applied, for callers that want to wait on them.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// Verifies access tokens against the issuer's published keys. Cheap to clone.
@@ -98,10 +100,21 @@ fn now_unix() -> i64 {
 impl Verifier {
     /// Fetches the JWKS once; fails if the issuer cannot be reached.
     pub async fn new(config: VerifierConfig) -> Result<Self, SetupError> {
-        let rules = Rules::new(&config.issuer, &config.audience, config.leeway.as_secs());
         let fetched = jwks::fetch(&config.http, &config.base_url)
             .await
             .map_err(SetupError::Jwks)?;
+        Ok(Self::with_keys(config, fetched))
+    }
+
+    /// Starts from a JWKS document already in hand (no I/O); later refetches still go
+    /// to `config.base_url`.
+    pub fn from_jwks(config: VerifierConfig, jwks_json: &str) -> Result<Self, SetupError> {
+        let fetched = jwks::parse(jwks_json, jwks::DEFAULT_MAX_AGE).map_err(SetupError::Jwks)?;
+        Ok(Self::with_keys(config, fetched))
+    }
+
+    fn with_keys(config: VerifierConfig, fetched: jwks::Fetched) -> Self {
+        let rules = Rules::new(&config.issuer, &config.audience, config.leeway.as_secs());
         let now = Instant::now();
         let mut keys = fetched.keys;
         if let Some(secret) = &config.hs256_secret
@@ -115,7 +128,7 @@ impl Verifier {
                 },
             );
         }
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 rules,
                 keys: RwLock::new(KeyCache {
@@ -125,9 +138,10 @@ impl Verifier {
                 }),
                 fetching: tokio::sync::Mutex::new(()),
                 revoked: RwLock::new(HashMap::new()),
+                applied: tokio::sync::watch::Sender::new(0),
                 config,
             }),
-        })
+        }
     }
 
     /// Verifies with the cached keys only: no I/O. `UnknownKey` means a refetch may help.
@@ -219,6 +233,14 @@ impl Verifier {
         if tokens_expire_at > now {
             revoked.insert(session_id, tokens_expire_at);
         }
+        drop(revoked);
+        self.inner.applied.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time a revocation is applied: lets a caller wait for the feed
+    /// instead of polling (tests, benchmarks, metrics).
+    pub fn revocations_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
     }
 
     /// Follows the server's revocation stream (Server-Sent Events) in the background,

@@ -165,29 +165,59 @@ fn client_create_prints_the_secret_once_and_keys_rotate_adds_a_key() {
         .env("TESSERA_DATABASE_URL", &url)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let (id, secret) = (created["client_id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
+    let (id, secret) = (
+        created["client_id"].as_str().unwrap(),
+        created["client_secret"].as_str().unwrap(),
+    );
     assert!(id.starts_with("svc_") && secret.starts_with("tsc_") && secret.len() > 40);
-    assert!(!String::from_utf8_lossy(&output.stderr).contains(secret), "the secret goes to stdout only");
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains(secret),
+        "the secret goes to stdout only"
+    );
     let db = std::fs::read(dir.join("t.db")).unwrap();
     let wal = std::fs::read(dir.join("t.db-wal")).unwrap_or_default();
     let needle = secret.as_bytes();
-    assert!(!db.windows(needle.len()).chain(wal.windows(needle.len())).any(|w| w == needle), "stored hashed");
+    assert!(
+        !db.windows(needle.len())
+            .chain(wal.windows(needle.len()))
+            .any(|w| w == needle),
+        "stored hashed"
+    );
 
-    let public = tessera().args(["client", "create", "--name", "spa"]).env("TESSERA_DATABASE_URL", &url).output().unwrap();
+    let public = tessera()
+        .args(["client", "create", "--name", "spa"])
+        .env("TESSERA_DATABASE_URL", &url)
+        .output()
+        .unwrap();
     let public: serde_json::Value = serde_json::from_slice(&public.stdout).unwrap();
     assert!(public.get("client_secret").is_none());
 
     let rotate = |_: ()| {
-        let out = tessera().args(["keys", "rotate"]).env("TESSERA_DATABASE_URL", &url).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = tessera()
+            .args(["keys", "rotate"])
+            .env("TESSERA_DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let keys = rotate(());
     let keys = keys["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
     let (old, new) = (&keys[0], &keys[1]);
-    assert!(old["retires_at"].as_i64().unwrap() > new["activates_at"].as_i64().unwrap(), "old key outlives the switch");
+    assert!(
+        old["retires_at"].as_i64().unwrap() > new["activates_at"].as_i64().unwrap(),
+        "old key outlives the switch"
+    );
     assert!(new["retires_at"].is_null());
 }

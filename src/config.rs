@@ -53,6 +53,18 @@ pub struct Config {
     pub password_hash_concurrency: u16,
     pub password_hash_queue_timeout_ms: u32,
     pub max_body_bytes: u32,
+    pub max_header_bytes: u32,
+    pub request_timeout_secs: u32,
+    pub login_throttle: String,
+    pub login_attempts_per_address: u32,
+    pub login_failures_before_backoff: u32,
+    pub login_backoff_max_secs: u32,
+    pub trusted_proxies: String,
+    pub cors_allowed_origins: String,
+    pub metrics_token: SecretString,
+    pub log_format: String,
+    pub shutdown_drain_secs: u32,
+    pub database_acquire_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
 }
@@ -120,10 +132,27 @@ impl Config {
             ("max_body_bytes", self.max_body_bytes),
             ("database_max_connections", self.database_max_connections),
             ("key_reload_secs", self.key_reload_secs),
+            ("max_header_bytes", self.max_header_bytes),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("login_attempts_per_address", self.login_attempts_per_address),
+            ("database_acquire_timeout_ms", self.database_acquire_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if !matches!(self.login_throttle.as_str(), "on" | "off") {
+            return Err(invalid("login_throttle (TESSERA_LOGIN_THROTTLE)", "must be on or off"));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(invalid("log_format (TESSERA_LOG_FORMAT)", "must be text or json"));
+        }
+        crate::http::client_addr::parse_proxies(&self.trusted_proxies)
+            .map_err(|bad| invalid("trusted_proxies (TESSERA_TRUSTED_PROXIES)", format!("{bad:?} is not an IP or CIDR")))?;
+        for origin in self.cors_origins() {
+            if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.starts_with("http") {
+                return Err(invalid("cors_allowed_origins (TESSERA_CORS_ALLOWED_ORIGINS)", format!("{origin:?} is not an origin")));
             }
         }
         match self.signing_alg.as_str() {
@@ -149,6 +178,10 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_allowed_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect()
     }
 
     /// Password hashes allowed at once: the configured number, or one per core.

@@ -11,6 +11,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
 pub mod passwords;
 #[cfg(feature = "server")]
 pub mod server;

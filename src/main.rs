@@ -34,6 +34,8 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Exit 0 if the server at TESSERA_LISTEN answers /healthz (container HEALTHCHECK).
+    Healthcheck,
 }
 
 #[derive(Subcommand)]
@@ -70,28 +72,50 @@ enum UserCommand {
     },
 }
 
-fn init_logging(filter: &str) {
-    let targets = filter
-        .parse::<tracing_subscriber::filter::Targets>()
-        .unwrap_or_else(|_| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-        });
+fn init_logging(filter: &str, format: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(targets)
-        .try_init();
+    let targets = filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(targets);
+    let _ = if format == "json" {
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+    };
 }
 
 async fn run(cli: Cli) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    init_logging(&config.log);
+    init_logging(&config.log, &config.log_format);
     match cli.command {
         Command::Serve => {
             let server = Server::bind(&config).await?;
             tracing::info!(addr = %server.local_addr()?, store = server.state().auth.store.backend(), "tessera listening");
             server.run(server::shutdown_signal()).await
+        }
+        Command::Healthcheck => {
+            let mut addr = config.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            let response = client
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .map_err(|e| StartError::Other(format!("healthcheck: {e}")))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(StartError::Other(format!("healthcheck: status {}", response.status())))
+            }
         }
         Command::Migrate => {
             let store = server::open_store(&config).await?;

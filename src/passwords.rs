@@ -36,6 +36,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
     dummy_hash: String,
+    /// Where the time spent waiting for a slot is recorded.
+    wait: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -54,7 +56,11 @@ fn hash_now(password: &[u8]) -> Result<String, PasswordError> {
 
 impl Passwords {
     /// Computes the dummy hash once (one argon2 run at start-up).
-    pub async fn new(slots: usize, queue_timeout: Duration) -> Result<Self, PasswordError> {
+    pub async fn new(
+        slots: usize,
+        queue_timeout: Duration,
+        wait: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> Result<Self, PasswordError> {
         let dummy_hash =
             tokio::task::spawn_blocking(|| hash_now(&crate::tokens::random_bytes::<16>()))
                 .await
@@ -64,6 +70,7 @@ impl Passwords {
                 slots: Arc::new(Semaphore::new(slots.max(1))),
                 queue_timeout,
                 dummy_hash,
+                wait,
             }),
         })
     }
@@ -98,6 +105,7 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
+        let queued = std::time::Instant::now();
         let permit = tokio::time::timeout(
             self.inner.queue_timeout,
             self.inner.slots.clone().acquire_owned(),
@@ -105,6 +113,9 @@ impl Passwords {
         .await
         .map_err(|_| PasswordError::Busy)?
         .map_err(|_| PasswordError::Internal)?;
+        if let Some(wait) = &self.inner.wait {
+            wait.observe(queued.elapsed().as_secs_f64());
+        }
         // The permit moves into the blocking task: if the request is dropped, the slot
         // stays taken until the hash has really finished.
         tokio::task::spawn_blocking(move || {
@@ -122,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() -> Result<(), PasswordError> {
-        let passwords = Passwords::new(2, Duration::from_secs(5)).await?;
+        let passwords = Passwords::new(2, Duration::from_secs(5), None).await?;
         let pw: SecretString = "correct horse battery".into();
         let hash = passwords.hash(&pw).await?;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
@@ -138,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_slots_answer_busy_instead_of_queueing() -> Result<(), PasswordError> {
-        let passwords = Passwords::new(1, Duration::from_millis(1)).await?;
+        let passwords = Passwords::new(1, Duration::from_millis(1), None).await?;
         let held = passwords
             .inner
             .slots

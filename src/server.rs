@@ -53,7 +53,12 @@ fn unix_now() -> i64 {
 /// Opens the configured store and applies pending migrations.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database_url.expose_secret();
-    let store = store::connect(url, config.database_max_connections).await?;
+    let store = store::connect(
+        url,
+        config.database_max_connections,
+        Duration::from_millis(u64::from(config.database_acquire_timeout_ms)),
+    )
+    .await?;
     store.migrate().await?;
     Ok(store)
 }
@@ -138,9 +143,17 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let keys = crate::auth::keys::bootstrap(store.as_ref(), &key_policy, unix_now())
         .await
         .map_err(|e| StartError::Other(format!("signing keys: {e}")))?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let throttle = crate::auth::ThrottlePolicy {
+        enabled: config.login_throttle == "on",
+        per_address: i64::from(config.login_attempts_per_address),
+        failures_before_backoff: i64::from(config.login_failures_before_backoff),
+        backoff_max_secs: i64::from(config.login_backoff_max_secs),
+    };
     let passwords = Passwords::new(
         config.password_hash_slots(),
         Duration::from_millis(u64::from(config.password_hash_queue_timeout_ms)),
+        Some(metrics.argon2_wait.clone()),
     )
     .await
     .map_err(|e| StartError::Other(e.to_string()))?;
@@ -157,10 +170,15 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     };
     Ok(AppState {
         auth: Arc::new(Auth::new(
-            store, passwords, access, keys, key_policy, policy,
+            store, passwords, access, keys, key_policy, policy, throttle, metrics,
         )),
         issuer: config.issuer.as_str().into(),
         jwks_max_age_secs: config.jwks_max_age_secs,
+        trusted_proxies: crate::http::client_addr::parse_proxies(&config.trusted_proxies)
+            .map_err(|bad| StartError::Other(format!("TESSERA_TRUSTED_PROXIES: {bad:?}")))?
+            .into(),
+        metrics_token: Some(config.metrics_token.expose_secret().to_owned()).filter(|t| !t.is_empty()).map(Into::into),
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     })
 }
 
@@ -168,8 +186,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    max_body_bytes: usize,
+    http: http::HttpSettings,
     key_reload: Duration,
+    drain: Duration,
 }
 
 impl Server {
@@ -185,7 +204,13 @@ impl Server {
         Ok(Self {
             listener,
             state,
-            max_body_bytes: config.max_body_bytes as usize,
+            http: http::HttpSettings {
+                max_body_bytes: config.max_body_bytes as usize,
+                max_header_bytes: config.max_header_bytes as usize,
+                request_timeout: Duration::from_secs(u64::from(config.request_timeout_secs)),
+                cors_origins: config.cors_origins(),
+            },
+            drain: Duration::from_secs(u64::from(config.shutdown_drain_secs)),
             key_reload: Duration::from_secs(u64::from(config.key_reload_secs)),
         })
     }
@@ -207,7 +232,16 @@ impl Server {
     ) -> Result<(), StartError> {
         let keeper = tokio::spawn(keep_keys(self.state.auth.clone(), self.key_reload));
         let _stop_keeper = AbortOnDrop(keeper);
-        let app = http::router(self.state, self.max_body_bytes);
+        let app = http::router(self.state.clone(), &self.http);
+        // Readiness turns 503 first, so load balancers stop sending; then the listener
+        // closes and in-flight requests finish.
+        let (draining, drain) = (self.state.draining.clone(), self.drain);
+        let shutdown = async move {
+            shutdown.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(drain_secs = drain.as_secs(), "draining: readiness is 503");
+            tokio::time::sleep(drain).await;
+        };
         axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

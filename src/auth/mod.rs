@@ -8,14 +8,15 @@ pub mod keys;
 mod refresh;
 pub mod rules;
 mod sessions;
+pub mod throttle;
 mod validate;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use secrecy::SecretString;
 use uuid::Uuid;
 
+use crate::metrics::{LoginOutcome, Metrics};
 use crate::passwords::{PasswordError, Passwords};
 use crate::store::{AuditEvent, Session, Store, StoreError, User};
 use crate::tokens::access::{AccessTokens, Claims, VerifyError};
@@ -25,6 +26,7 @@ use crate::tokens::refresh::RefreshToken;
 pub use clients::NewClient;
 pub use introspect::Introspection;
 pub use keys::KeyPolicy;
+pub use throttle::ThrottlePolicy;
 pub use sessions::{LogoutScope, RevokeOutcome};
 pub use validate::{normalize_email, normalize_scope};
 
@@ -60,6 +62,9 @@ pub enum AuthError {
     NotFound,
     #[error("password hashing is at capacity")]
     Busy,
+    /// Too many attempts: retry after this many seconds.
+    #[error("too many attempts; retry later")]
+    Throttled(i64),
     #[error("the store is unavailable")]
     Unavailable,
     #[error("internal error: {0}")]
@@ -95,22 +100,6 @@ pub struct Policy {
     pub session_max_age: i64,
     pub refresh_grace: i64,
     pub signup_enabled: bool,
-}
-
-/// Security counters, read by the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub logins_ok: AtomicU64,
-    pub logins_failed: AtomicU64,
-    pub refreshes_ok: AtomicU64,
-    pub refreshes_replayed: AtomicU64,
-    pub refresh_reuse_detected: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The client a token request speaks for.
@@ -154,8 +143,9 @@ pub struct Auth {
     pub passwords: Passwords,
     pub access: AccessTokens,
     pub policy: Policy,
-    pub counters: Counters,
+    pub metrics: Arc<Metrics>,
     pub key_policy: KeyPolicy,
+    pub throttle: ThrottlePolicy,
     keys: RwLock<Arc<KeySet>>,
     clients: clients::ClientCache,
 }
@@ -168,14 +158,17 @@ impl Auth {
         keys: KeySet,
         key_policy: KeyPolicy,
         policy: Policy,
+        throttle: ThrottlePolicy,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            throttle,
             store,
             passwords,
             access,
             policy,
             key_policy,
-            counters: Counters::default(),
+            metrics,
             clients: clients::ClientCache::default(),
             keys: RwLock::new(Arc::new(keys)),
         }
@@ -267,6 +260,7 @@ impl Auth {
             RequestClient::Authenticated(id) => id.clone(),
             other => self.public_client(other.id()).await?,
         };
+        self.check_login_throttle(email, caller.ip.as_deref(), now).await?;
         let scope = normalize_scope(scope)?;
         // An address that cannot be an email cannot have an account; it still costs a hash.
         let email = normalize_email(email).unwrap_or_default();
@@ -283,7 +277,8 @@ impl Auth {
         let user = match user {
             Some(user) if password_ok && user.disabled_at.is_none() => user,
             user => {
-                Counters::bump(&self.counters.logins_failed);
+                self.metrics.login(LoginOutcome::failed);
+                self.login_failed(&email, caller.ip.as_deref(), now).await?;
                 let reason = match &user {
                     None => "unknown_user",
                     Some(_) if !password_ok => "wrong_password",
@@ -329,7 +324,8 @@ impl Auth {
         self.store
             .create_session(&session, refresh_token.hash(), token_expires_at, &event)
             .await?;
-        Counters::bump(&self.counters.logins_ok);
+        self.metrics.login(LoginOutcome::ok);
+        self.login_succeeded(&user.email).await?;
         Ok(self.grant(
             user.id,
             session.id,

@@ -6,7 +6,8 @@
 use uuid::Uuid;
 
 use super::rules::{self, Decision, Rejection};
-use super::{Auth, AuthError, Caller, Counters, Grant, RequestClient, validate};
+use super::{Auth, AuthError, Caller, Grant, RequestClient, validate};
+use crate::metrics::RefreshOutcome;
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
 
@@ -34,7 +35,7 @@ impl Auth {
         match rules::judge(&state, client_id, now, self.policy.refresh_grace) {
             Decision::Replay => self.replay(&parent, &state, caller, now).await,
             Decision::Reuse(kind) => {
-                Counters::bump(&self.counters.refresh_reuse_detected);
+                self.metrics.refresh(RefreshOutcome::reuse_detected);
                 tracing::warn!(session_id = %state.session.id, case = kind.as_str(), "refresh token reuse: session revoked");
                 let event = AuditEvent {
                     at: now,
@@ -94,7 +95,7 @@ impl Auth {
         let Some(r) = self.store.rotate(&rotation).await? else {
             return Ok(None);
         };
-        Counters::bump(&self.counters.refreshes_ok);
+        self.metrics.refresh(RefreshOutcome::ok);
         Ok(Some(self.grant(
             r.user_id,
             r.session_id,
@@ -120,7 +121,7 @@ impl Auth {
             .as_deref()
             .and_then(|sealed| parent.open(sealed))
             .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
-        Counters::bump(&self.counters.refreshes_replayed);
+        self.metrics.refresh(RefreshOutcome::replayed_in_grace);
         self.store
             .record(&AuditEvent {
                 at: now,
@@ -170,14 +171,7 @@ impl Auth {
                 ip: caller.ip.clone(),
                 detail: serde_json::json!({"via": "oauth_revoke"}),
             };
-            self.store
-                .revoke(
-                    Revoke::Session(session_id),
-                    "logout",
-                    &event,
-                    self.token_tail_secs(),
-                )
-                .await?;
+            self.revoke_sessions(Revoke::Session(session_id), "logout", event).await?;
         }
         Ok(())
     }

@@ -87,6 +87,7 @@ impl Auth {
             .store
             .revoke(target, reason, &event, self.token_tail_secs())
             .await?;
+        self.metrics.revoked(reason, revoked.len());
         let effective_at = self.effective_at(&revoked, now);
         Ok(RevokeOutcome {
             revoked,
@@ -225,6 +226,9 @@ impl Auth {
             .await?;
         if !found {
             return Err(AuthError::NotFound);
+        }
+        if disable {
+            self.metrics.revoked("user_disabled", 1);
         }
         self.existing_user(user_id).await
     }

@@ -75,6 +75,10 @@ impl From<AuthError> for ApiError {
             AuthError::Forbidden => Self::new(S::FORBIDDEN, "insufficient_scope", text),
             AuthError::NotFound => Self::not_found(),
             AuthError::Busy => Self::unavailable(1),
+            AuthError::Throttled(secs) => Self {
+                retry_after: Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX)),
+                ..Self::new(S::TOO_MANY_REQUESTS, "too_many_requests", text)
+            },
             AuthError::Unavailable => {
                 tracing::warn!("store unavailable");
                 Self::unavailable(2)

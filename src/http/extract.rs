@@ -147,14 +147,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 /// The caller's address (from the socket) and user agent.
 pub struct ClientInfo(pub Caller);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+impl FromRequestParts<super::AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &super::AppState) -> Result<Self, Self::Rejection> {
+        let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .map(|ConnectInfo(addr)| super::client_addr::resolve(addr.ip(), forwarded, &state.trusted_proxies).to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

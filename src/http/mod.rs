@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 pub mod error;
+pub mod client_addr;
 pub mod extract;
 mod oauth;
 mod ops;
@@ -27,10 +28,38 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub issuer: Arc<str>,
     pub jwks_max_age_secs: u32,
+    pub trusted_proxies: Arc<[client_addr::Cidr]>,
+    /// If set, `/metrics` wants it as a bearer token.
+    pub metrics_token: Option<Arc<str>>,
+    /// Set on shutdown: readiness answers 503 while in-flight requests finish.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
+/// Transport limits and browser access, from the configuration.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout: std::time::Duration,
+    pub cors_origins: Vec<String>,
+}
+
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    use axum::http::header;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+    use tower_http::timeout::TimeoutLayer;
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+    let request_id = header::HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            // The path only: a query string is the client's to keep out of our logs.
+            tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    let mut app = Router::new()
         .merge(oauth::router())
         .merge(account::router())
         .merge(admin::router())
@@ -45,8 +74,30 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::record_metrics))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout));
+    if !settings.cors_origins.is_empty() {
+        app = app.layer(cors(&settings.cors_origins));
+    }
+    let max_header_bytes = settings.max_header_bytes;
+    app.layer(axum::middleware::from_fn(move |req, next| ops::limit_headers(max_header_bytes, req, next)))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
         .with_state(state)
+}
+
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// RFC 3339 for the API's timestamps (the store keeps Unix seconds).

@@ -6,20 +6,30 @@ use axum::extract::State;
 use axum::routing::get;
 use serde_json::{Value, json};
 
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
 use super::{ApiError, AppState};
+use crate::metrics::{HttpLabels, RouteLabels};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers, and not shutting down.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::unavailable(5));
+    }
     match state.auth.store.ping().await {
         Ok(()) => Ok(Json(
             json!({"status": "ok", "store": state.auth.store.backend()}),
@@ -29,4 +39,55 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             Err(ApiError::unavailable(2))
         }
     }
+}
+
+/// Prometheus text format; behind a bearer token when one is configured.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let same = given.len() == expected.len()
+            && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
+        }
+    }
+    let (in_use, idle) = state.auth.store.pool_stats();
+    let body = state.auth.metrics.render(in_use, idle);
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
+/// Counts every request by its route template (never the raw path: ids would explode
+/// the label space) and times it.
+pub async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let m = &state.auth.metrics;
+    m.http_requests
+        .get_or_create(&HttpLabels { route: route.clone(), method, status: response.status().as_u16() })
+        .inc();
+    m.http_latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// 431 when the request's headers are larger than allowed in total.
+pub async fn limit_headers(max: usize, request: Request, next: Next) -> Response {
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > max {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request headers are too large",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

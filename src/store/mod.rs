@@ -275,6 +275,16 @@ pub trait Store: Send + Sync + 'static {
     /// Revocations as they are committed, on this instance or (PostgreSQL) any other.
     fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation>;
 
+    /// Counts one hit on `key` in a fixed window of `window_secs`; returns the window's
+    /// start and its hits so far.
+    fn throttle_hit<'a>(&'a self, key: &'a str, now: i64, window_secs: i64) -> StoreFuture<'a, (i64, i64)>;
+    /// Until when `key` is blocked (0: not blocked).
+    fn throttle_blocked_until<'a>(&'a self, key: &'a str) -> StoreFuture<'a, i64>;
+    fn throttle_block<'a>(&'a self, key: &'a str, until: i64) -> StoreFuture<'a, ()>;
+    fn throttle_clear<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+    /// Pool connections in use and idle.
+    fn pool_stats(&self) -> (u32, u32);
+
     fn record<'a>(&'a self, event: &'a AuditEvent) -> StoreFuture<'a, ()>;
     fn audit_events<'a>(
         &'a self,
@@ -297,12 +307,28 @@ pub fn backend_of(url: &str) -> Option<&'static str> {
 }
 
 /// Opens the store named by a database URL.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
     match backend_of(url) {
-        Some("postgres") => Ok(Arc::new(PgStore::connect(url, max_connections).await?)),
-        _ => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
+        Some("postgres") => Ok(Arc::new(PgStore::connect(url, max_connections, acquire_timeout).await?)),
+        _ => Ok(Arc::new(SqliteStore::connect(url, max_connections, acquire_timeout).await?)),
     }
 }
+
+/// Every migration, embedded; each backend has its own folder with the same files.
+macro_rules! migrations {
+    ($backend:literal) => {
+        [
+            (1, "init", include_str!(concat!("../../migrations/", $backend, "/0001_init.sql"))),
+            (2, "revocations", include_str!(concat!("../../migrations/", $backend, "/0002_revocations.sql"))),
+            (3, "login_throttle", include_str!(concat!("../../migrations/", $backend, "/0003_login_throttle.sql"))),
+        ]
+    };
+}
+pub(crate) use migrations;
 
 /// The embedded migrations of one backend.
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {

@@ -27,10 +27,10 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .connect(url)
             .await?;
         let (feed, _) = broadcast::channel(1024);
@@ -88,18 +88,7 @@ async fn relay(mut listener: PgListener, feed: broadcast::Sender<Revocation>) {
 }
 
 fn migrator() -> Migrator {
-    super::migrator(&[
-        (
-            1,
-            "init",
-            include_str!("../../migrations/postgres/0001_init.sql"),
-        ),
-        (
-            2,
-            "revocations",
-            include_str!("../../migrations/postgres/0002_revocations.sql"),
-        ),
-    ])
+    super::migrator(&super::migrations!("postgres"))
 }
 
 /// Spend the parent only if it is unspent and unexpired, its session live and its user

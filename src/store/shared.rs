@@ -575,6 +575,60 @@ macro_rules! queries {
             self.feed.subscribe()
         }
 
+        fn throttle_hit<'a>(&'a self, key: &'a str, now: i64, window_secs: i64) -> crate::store::StoreFuture<'a, (i64, i64)> {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "INSERT INTO login_throttle (key, window_start, hits) VALUES ($1, $2, 1) \
+                     ON CONFLICT (key) DO UPDATE SET \
+                       hits = CASE WHEN login_throttle.window_start <= $2 - $3 THEN 1 ELSE login_throttle.hits + 1 END, \
+                       window_start = CASE WHEN login_throttle.window_start <= $2 - $3 THEN $2 ELSE login_throttle.window_start END \
+                     RETURNING window_start, hits",
+                )
+                .bind(key)
+                .bind(now)
+                .bind(window_secs)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((row.try_get("window_start")?, row.try_get("hits")?))
+            })
+        }
+
+        fn throttle_blocked_until<'a>(&'a self, key: &'a str) -> crate::store::StoreFuture<'a, i64> {
+            Box::pin(async move {
+                let row = sqlx::query("SELECT blocked_until FROM login_throttle WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => row.try_get("blocked_until")?,
+                    None => 0,
+                })
+            })
+        }
+
+        fn throttle_block<'a>(&'a self, key: &'a str, until: i64) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::query("UPDATE login_throttle SET blocked_until = $2 WHERE key = $1")
+                    .bind(key)
+                    .bind(until)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            })
+        }
+
+        fn throttle_clear<'a>(&'a self, key: &'a str) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(&self.pool).await?;
+                Ok(())
+            })
+        }
+
+        fn pool_stats(&self) -> (u32, u32) {
+            let idle = self.pool.num_idle() as u32;
+            (self.pool.size().saturating_sub(idle), idle)
+        }
+
         fn record<'a>(&'a self, event: &'a crate::store::AuditEvent) -> crate::store::StoreFuture<'a, ()> {
             Box::pin(async move { Ok(insert_audit(&self.pool, event).await?) })
         }

@@ -27,7 +27,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its folder.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, StoreError> {
         let dir = sqlite_path(url).and_then(|p| p.parent().map(ToOwned::to_owned));
         if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
@@ -40,7 +40,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         let (feed, _) = broadcast::channel(1024);
@@ -73,18 +73,7 @@ pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 }
 
 fn migrator() -> Migrator {
-    super::migrator(&[
-        (
-            1,
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        ),
-        (
-            2,
-            "revocations",
-            include_str!("../../migrations/sqlite/0002_revocations.sql"),
-        ),
-    ])
+    super::migrator(&super::migrations!("sqlite"))
 }
 
 impl super::Store for SqliteStore {

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tessera::auth::{Caller, RequestClient};
+use tessera::metrics::RefreshOutcome;
 
 use crate::both_stores;
 use crate::helpers::{Backend, TestApp, json, s, spawn_app, spawn_app_with, spawn_instance};
@@ -90,11 +91,7 @@ async fn grace_replay_returns_the_identical_successor(backend: Backend) {
     assert_eq!(app.refresh(&s(&b, "refresh_token")).await.0, StatusCode::OK);
     assert_eq!(audit_actions(&app, "refresh_grace_replay").await.len(), 1);
     assert_eq!(
-        app.state
-            .auth
-            .counters
-            .refreshes_replayed
-            .load(std::sync::atomic::Ordering::Relaxed),
+        app.state.auth.metrics.refreshes(RefreshOutcome::replayed_in_grace),
         1
     );
 }
@@ -144,11 +141,7 @@ async fn replay_outside_the_window_kills_the_session(backend: Backend) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event.detail["case"], "outside_grace_window");
     assert_eq!(
-        app.state
-            .auth
-            .counters
-            .refresh_reuse_detected
-            .load(std::sync::atomic::Ordering::Relaxed),
+        app.state.auth.metrics.refreshes(RefreshOutcome::reuse_detected),
         1
     );
 

@@ -1,0 +1,130 @@
+//! Prometheus metrics (`prometheus-client`): HTTP requests and latency by route,
+//! security events, argon2 queue wait and database pool use.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LoginOutcome {
+    ok,
+    failed,
+    throttled,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefreshOutcome {
+    ok,
+    replayed_in_grace,
+    reuse_detected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabel {
+    outcome: LoginOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshLabel {
+    outcome: RefreshOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolState {
+    state: &'static str,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    // 0.25 ms .. ~8 s
+    exponential_buckets(0.000_25, 2.0, 16)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_latency: Family<RouteLabels, Histogram>,
+    logins: Family<LoginLabel, Counter>,
+    refreshes: Family<RefreshLabel, Counter>,
+    revocations: Family<Reason, Counter>,
+    pub argon2_wait: Histogram,
+    pool: Family<PoolState, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tessera");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor((|| Histogram::new(latency_buckets())) as fn() -> Histogram);
+        let logins = Family::default();
+        let refreshes = Family::default();
+        let revocations = Family::default();
+        let argon2_wait = Histogram::new(latency_buckets());
+        let pool = Family::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", http_latency.clone());
+        registry.register("logins", "Password logins by outcome", logins.clone());
+        registry.register("refreshes", "Refresh-token grants by outcome", refreshes.clone());
+        registry.register("revocations", "Sessions ended, by reason", revocations.clone());
+        registry.register("argon2_queue_wait_seconds", "Time a password hash waited for a slot", argon2_wait.clone());
+        registry.register("db_pool_connections", "Database pool connections by state", pool.clone());
+        Self { registry, http_requests, http_latency, logins, refreshes, revocations, argon2_wait, pool }
+    }
+
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins.get_or_create(&LoginLabel { outcome }).inc();
+    }
+
+    pub fn refresh(&self, outcome: RefreshOutcome) {
+        self.refreshes.get_or_create(&RefreshLabel { outcome }).inc();
+    }
+
+    pub fn revoked(&self, reason: &str, sessions: usize) {
+        self.revocations.get_or_create(&Reason { reason: reason.to_owned() }).inc_by(sessions as u64);
+    }
+
+    pub fn logins(&self, outcome: LoginOutcome) -> u64 {
+        self.logins.get_or_create(&LoginLabel { outcome }).get()
+    }
+
+    pub fn refreshes(&self, outcome: RefreshOutcome) -> u64 {
+        self.refreshes.get_or_create(&RefreshLabel { outcome }).get()
+    }
+
+    /// The Prometheus text exposition, with the pool's state read now.
+    pub fn render(&self, pool_in_use: u32, pool_idle: u32) -> String {
+        self.pool.get_or_create(&PoolState { state: "in_use" }).set(i64::from(pool_in_use));
+        self.pool.get_or_create(&PoolState { state: "idle" }).set(i64::from(pool_idle));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -218,6 +218,7 @@ async fn main() {
         ("TESSERA_DATABASE_URL", url.as_str()),
         ("TESSERA_SECRET_KEY", secret.as_str()),
         ("TESSERA_LOG", "warn"),
+        ("TESSERA_LOGIN_THROTTLE", "off"),
         ("TESSERA_DATABASE_MAX_CONNECTIONS", &max_c.to_string()),
     ];
     let config =

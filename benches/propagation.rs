@@ -22,6 +22,7 @@ async fn instance(url: &str, secret: &str) -> String {
         ("TESSERA_SECRET_KEY", secret),
         ("TESSERA_ISSUER", "http://tessera.bench"),
         ("TESSERA_LOG", "warn"),
+        ("TESSERA_LOGIN_THROTTLE", "off"),
     ];
     let config =
         Config::load(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();

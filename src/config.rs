@@ -134,8 +134,14 @@ impl Config {
             ("key_reload_secs", self.key_reload_secs),
             ("max_header_bytes", self.max_header_bytes),
             ("request_timeout_secs", self.request_timeout_secs),
-            ("login_attempts_per_address", self.login_attempts_per_address),
-            ("database_acquire_timeout_ms", self.database_acquire_timeout_ms),
+            (
+                "login_attempts_per_address",
+                self.login_attempts_per_address,
+            ),
+            (
+                "database_acquire_timeout_ms",
+                self.database_acquire_timeout_ms,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -143,16 +149,29 @@ impl Config {
             }
         }
         if !matches!(self.login_throttle.as_str(), "on" | "off") {
-            return Err(invalid("login_throttle (TESSERA_LOGIN_THROTTLE)", "must be on or off"));
+            return Err(invalid(
+                "login_throttle (TESSERA_LOGIN_THROTTLE)",
+                "must be on or off",
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(invalid("log_format (TESSERA_LOG_FORMAT)", "must be text or json"));
+            return Err(invalid(
+                "log_format (TESSERA_LOG_FORMAT)",
+                "must be text or json",
+            ));
         }
-        crate::http::client_addr::parse_proxies(&self.trusted_proxies)
-            .map_err(|bad| invalid("trusted_proxies (TESSERA_TRUSTED_PROXIES)", format!("{bad:?} is not an IP or CIDR")))?;
+        crate::http::client_addr::parse_proxies(&self.trusted_proxies).map_err(|bad| {
+            invalid(
+                "trusted_proxies (TESSERA_TRUSTED_PROXIES)",
+                format!("{bad:?} is not an IP or CIDR"),
+            )
+        })?;
         for origin in self.cors_origins() {
             if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.starts_with("http") {
-                return Err(invalid("cors_allowed_origins (TESSERA_CORS_ALLOWED_ORIGINS)", format!("{origin:?} is not an origin")));
+                return Err(invalid(
+                    "cors_allowed_origins (TESSERA_CORS_ALLOWED_ORIGINS)",
+                    format!("{origin:?} is not an origin"),
+                ));
             }
         }
         match self.signing_alg.as_str() {
@@ -181,7 +200,12 @@ impl Config {
     }
 
     pub fn cors_origins(&self) -> Vec<String> {
-        self.cors_allowed_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect()
+        self.cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Password hashes allowed at once: the configured number, or one per core.

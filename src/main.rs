@@ -77,14 +77,30 @@ fn init_logging(filter: &str, format: &str) {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let targets = filter
         .parse::<tracing_subscriber::filter::Targets>()
-        .unwrap_or_else(|_| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
     let registry = tracing_subscriber::registry().with(targets);
     let _ = if format == "json" {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        // Colours only on a terminal: log files and collectors get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     };
 }
 
@@ -114,7 +130,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(StartError::Other(format!("healthcheck: status {}", response.status())))
+                Err(StartError::Other(format!(
+                    "healthcheck: status {}",
+                    response.status()
+                )))
             }
         }
         Command::Migrate => {

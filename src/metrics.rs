@@ -82,21 +82,55 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tessera");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_latency =
-            Family::<RouteLabels, Histogram>::new_with_constructor((|| Histogram::new(latency_buckets())) as fn() -> Histogram);
+        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
         let logins = Family::default();
         let refreshes = Family::default();
         let revocations = Family::default();
         let argon2_wait = Histogram::new(latency_buckets());
         let pool = Family::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", http_requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", http_latency.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_latency.clone(),
+        );
         registry.register("logins", "Password logins by outcome", logins.clone());
-        registry.register("refreshes", "Refresh-token grants by outcome", refreshes.clone());
-        registry.register("revocations", "Sessions ended, by reason", revocations.clone());
-        registry.register("argon2_queue_wait_seconds", "Time a password hash waited for a slot", argon2_wait.clone());
-        registry.register("db_pool_connections", "Database pool connections by state", pool.clone());
-        Self { registry, http_requests, http_latency, logins, refreshes, revocations, argon2_wait, pool }
+        registry.register(
+            "refreshes",
+            "Refresh-token grants by outcome",
+            refreshes.clone(),
+        );
+        registry.register(
+            "revocations",
+            "Sessions ended, by reason",
+            revocations.clone(),
+        );
+        registry.register(
+            "argon2_queue_wait_seconds",
+            "Time a password hash waited for a slot",
+            argon2_wait.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state",
+            pool.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            logins,
+            refreshes,
+            revocations,
+            argon2_wait,
+            pool,
+        }
     }
 
     pub fn login(&self, outcome: LoginOutcome) {
@@ -104,11 +138,17 @@ impl Metrics {
     }
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
-        self.refreshes.get_or_create(&RefreshLabel { outcome }).inc();
+        self.refreshes
+            .get_or_create(&RefreshLabel { outcome })
+            .inc();
     }
 
     pub fn revoked(&self, reason: &str, sessions: usize) {
-        self.revocations.get_or_create(&Reason { reason: reason.to_owned() }).inc_by(sessions as u64);
+        self.revocations
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc_by(sessions as u64);
     }
 
     pub fn logins(&self, outcome: LoginOutcome) -> u64 {
@@ -116,13 +156,19 @@ impl Metrics {
     }
 
     pub fn refreshes(&self, outcome: RefreshOutcome) -> u64 {
-        self.refreshes.get_or_create(&RefreshLabel { outcome }).get()
+        self.refreshes
+            .get_or_create(&RefreshLabel { outcome })
+            .get()
     }
 
     /// The Prometheus text exposition, with the pool's state read now.
     pub fn render(&self, pool_in_use: u32, pool_idle: u32) -> String {
-        self.pool.get_or_create(&PoolState { state: "in_use" }).set(i64::from(pool_in_use));
-        self.pool.get_or_create(&PoolState { state: "idle" }).set(i64::from(pool_idle));
+        self.pool
+            .get_or_create(&PoolState { state: "in_use" })
+            .set(i64::from(pool_in_use));
+        self.pool
+            .get_or_create(&PoolState { state: "idle" })
+            .set(i64::from(pool_idle));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

@@ -177,7 +177,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         trusted_proxies: crate::http::client_addr::parse_proxies(&config.trusted_proxies)
             .map_err(|bad| StartError::Other(format!("TESSERA_TRUSTED_PROXIES: {bad:?}")))?
             .into(),
-        metrics_token: Some(config.metrics_token.expose_secret().to_owned()).filter(|t| !t.is_empty()).map(Into::into),
+        metrics_token: Some(config.metrics_token.expose_secret().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(Into::into),
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     })
 }

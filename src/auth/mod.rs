@@ -26,8 +26,8 @@ use crate::tokens::refresh::RefreshToken;
 pub use clients::NewClient;
 pub use introspect::Introspection;
 pub use keys::KeyPolicy;
-pub use throttle::ThrottlePolicy;
 pub use sessions::{LogoutScope, RevokeOutcome};
+pub use throttle::ThrottlePolicy;
 pub use validate::{normalize_email, normalize_scope};
 
 /// The public client of first-party apps, used when a request names none.
@@ -260,7 +260,8 @@ impl Auth {
             RequestClient::Authenticated(id) => id.clone(),
             other => self.public_client(other.id()).await?,
         };
-        self.check_login_throttle(email, caller.ip.as_deref(), now).await?;
+        self.check_login_throttle(email, caller.ip.as_deref(), now)
+            .await?;
         let scope = normalize_scope(scope)?;
         // An address that cannot be an email cannot have an account; it still costs a hash.
         let email = normalize_email(email).unwrap_or_default();

@@ -171,7 +171,8 @@ impl Auth {
                 ip: caller.ip.clone(),
                 detail: serde_json::json!({"via": "oauth_revoke"}),
             };
-            self.revoke_sessions(Revoke::Session(session_id), "logout", event).await?;
+            self.revoke_sessions(Revoke::Session(session_id), "logout", event)
+                .await?;
         }
         Ok(())
     }

@@ -21,13 +21,14 @@ pub struct ThrottlePolicy {
 }
 
 /// Seconds an account waits after its `failures`-th consecutive failure:
-/// 0 below the threshold, then 1, 2, 4, ... up to the cap.
+/// 0 below the threshold, then 2, 4, 8, ... up to the cap (clocks tick in whole
+/// seconds, so the shortest wait is 2 to be at least 1).
 pub fn backoff_secs(failures: i64, policy: &ThrottlePolicy) -> i64 {
     let over = failures - policy.failures_before_backoff;
     if over < 0 {
         return 0;
     }
-    let exp = over.min(30) as u32;
+    let exp = (over + 1).min(30) as u32;
     2_i64.saturating_pow(exp).min(policy.backoff_max_secs)
 }
 
@@ -36,24 +37,44 @@ pub fn backoff_secs(failures: i64, policy: &ThrottlePolicy) -> i64 {
 fn account_key(email: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    format!("acct:{}", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "acct:{}",
+        digest
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 impl Auth {
     /// Refuses an attempt that is over a limit, before any password hashing.
-    pub(super) async fn check_login_throttle(&self, email: &str, ip: Option<&str>, now: i64) -> Result<(), AuthError> {
+    pub(super) async fn check_login_throttle(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Result<(), AuthError> {
         let policy = &self.throttle;
         if !policy.enabled {
             return Ok(());
         }
         if let Some(ip) = ip {
-            let (start, hits) = self.store.throttle_hit(&format!("addr:{ip}"), now, ADDRESS_WINDOW_SECS).await?;
+            let (start, hits) = self
+                .store
+                .throttle_hit(&format!("addr:{ip}"), now, ADDRESS_WINDOW_SECS)
+                .await?;
             if hits > policy.per_address {
                 self.metrics.login(LoginOutcome::throttled);
-                return Err(AuthError::Throttled((start + ADDRESS_WINDOW_SECS - now).max(1)));
+                return Err(AuthError::Throttled(
+                    (start + ADDRESS_WINDOW_SECS - now).max(1),
+                ));
             }
         }
-        let blocked_until = self.store.throttle_blocked_until(&account_key(email)).await?;
+        let blocked_until = self
+            .store
+            .throttle_blocked_until(&account_key(email))
+            .await?;
         if blocked_until > now {
             self.metrics.login(LoginOutcome::throttled);
             return Err(AuthError::Throttled(blocked_until - now));
@@ -61,12 +82,20 @@ impl Auth {
         Ok(())
     }
 
-    pub(super) async fn login_failed(&self, email: &str, ip: Option<&str>, now: i64) -> Result<(), AuthError> {
+    pub(super) async fn login_failed(
+        &self,
+        email: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Result<(), AuthError> {
         if !self.throttle.enabled {
             return Ok(());
         }
         let key = account_key(email);
-        let (_, failures) = self.store.throttle_hit(&key, now, FAILURE_MEMORY_SECS).await?;
+        let (_, failures) = self
+            .store
+            .throttle_hit(&key, now, FAILURE_MEMORY_SECS)
+            .await?;
         let wait = backoff_secs(failures, &self.throttle);
         if wait > 0 {
             self.store.throttle_block(&key, now + wait).await?;
@@ -97,9 +126,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_after_the_threshold_and_is_capped() {
-        let policy = ThrottlePolicy { enabled: true, per_address: 30, failures_before_backoff: 5, backoff_max_secs: 60 };
+        let policy = ThrottlePolicy {
+            enabled: true,
+            per_address: 30,
+            failures_before_backoff: 5,
+            backoff_max_secs: 60,
+        };
         let waits: Vec<i64> = (1..=13).map(|f| backoff_secs(f, &policy)).collect();
-        assert_eq!(waits, vec![0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(waits, vec![0, 0, 0, 0, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
         assert_eq!(backoff_secs(i64::MAX / 2, &policy), 60);
     }
 }

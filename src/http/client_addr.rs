@@ -25,11 +25,19 @@ impl Cidr {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let (net, ip, bits) = match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => (u128::from(u32::from(n)) << 96, u128::from(u32::from(i)) << 96, self.prefix),
+            (IpAddr::V4(n), IpAddr::V4(i)) => (
+                u128::from(u32::from(n)) << 96,
+                u128::from(u32::from(i)) << 96,
+                self.prefix,
+            ),
             (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), self.prefix),
             _ => return false,
         };
-        let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits)) };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(bits))
+        };
         net & mask == ip & mask
     }
 }
@@ -85,10 +93,24 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = parse_proxies("10.0.0.0/8").unwrap_or_default();
-        assert_eq!(resolve(ip("203.0.113.9"), Some("1.2.3.4"), &trusted), ip("203.0.113.9"), "spoofed header ignored");
-        assert_eq!(resolve(ip("10.0.0.2"), Some("1.2.3.4"), &trusted), ip("1.2.3.4"));
-        assert_eq!(resolve(ip("10.0.0.2"), Some("6.6.6.6, 1.2.3.4, 10.0.0.5"), &trusted), ip("1.2.3.4"), "the client prepends what it likes");
+        assert_eq!(
+            resolve(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9"),
+            "spoofed header ignored"
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.2"), Some("1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.2"), Some("6.6.6.6, 1.2.3.4, 10.0.0.5"), &trusted),
+            ip("1.2.3.4"),
+            "the client prepends what it likes"
+        );
         assert_eq!(resolve(ip("10.0.0.2"), None, &trusted), ip("10.0.0.2"));
-        assert_eq!(resolve(ip("10.0.0.2"), Some("garbage"), &trusted), ip("10.0.0.2"));
+        assert_eq!(
+            resolve(ip("10.0.0.2"), Some("garbage"), &trusted),
+            ip("10.0.0.2")
+        );
     }
 }

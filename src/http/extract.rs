@@ -150,12 +150,21 @@ pub struct ClientInfo(pub Caller);
 impl FromRequestParts<super::AppState> for ClientInfo {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &super::AppState) -> Result<Self, Self::Rejection> {
-        let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| super::client_addr::resolve(addr.ip(), forwarded, &state.trusted_proxies).to_string());
+            .map(|ConnectInfo(addr)| {
+                super::client_addr::resolve(addr.ip(), forwarded, &state.trusted_proxies)
+                    .to_string()
+            });
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

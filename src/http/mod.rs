@@ -2,8 +2,8 @@
 
 mod account;
 mod admin;
-pub mod error;
 pub mod client_addr;
+pub mod error;
 pub mod extract;
 mod oauth;
 mod ops;
@@ -75,18 +75,30 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), ops::record_metrics))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, settings.request_timeout));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::record_metrics,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ));
     if !settings.cors_origins.is_empty() {
         app = app.layer(cors(&settings.cors_origins));
     }
     let max_header_bytes = settings.max_header_bytes;
-    app.layer(axum::middleware::from_fn(move |req, next| ops::limit_headers(max_header_bytes, req, next)))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(trace)
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION]))
-        .with_state(state)
+    app.layer(axum::middleware::from_fn(move |req, next| {
+        ops::limit_headers(max_header_bytes, req, next)
+    }))
+    .layer(PropagateRequestIdLayer::new(request_id.clone()))
+    .layer(trace)
+    .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    .layer(SetSensitiveRequestHeadersLayer::new([
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::PROXY_AUTHORIZATION,
+    ]))
+    .with_state(state)
 }
 
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
@@ -96,7 +108,10 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([header::HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+        ])
         .max_age(std::time::Duration::from_secs(600))
 }
 

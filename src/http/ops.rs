@@ -50,19 +50,38 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
         let same = given.len() == expected.len()
-            && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !same {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            ));
         }
     }
     let (in_use, idle) = state.auth.store.pool_stats();
     let body = state.auth.metrics.render(in_use, idle);
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// Counts every request by its route template (never the raw path: ids would explode
 /// the label space) and times it.
-pub async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn record_metrics(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -72,15 +91,25 @@ pub async fn record_metrics(State(state): State<AppState>, request: Request, nex
     let response = next.run(request).await;
     let m = &state.auth.metrics;
     m.http_requests
-        .get_or_create(&HttpLabels { route: route.clone(), method, status: response.status().as_u16() })
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status: response.status().as_u16(),
+        })
         .inc();
-    m.http_latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    m.http_latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 /// 431 when the request's headers are larger than allowed in total.
 pub async fn limit_headers(max: usize, request: Request, next: Next) -> Response {
-    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
     if size > max {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -277,7 +277,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts one hit on `key` in a fixed window of `window_secs`; returns the window's
     /// start and its hits so far.
-    fn throttle_hit<'a>(&'a self, key: &'a str, now: i64, window_secs: i64) -> StoreFuture<'a, (i64, i64)>;
+    fn throttle_hit<'a>(
+        &'a self,
+        key: &'a str,
+        now: i64,
+        window_secs: i64,
+    ) -> StoreFuture<'a, (i64, i64)>;
     /// Until when `key` is blocked (0: not blocked).
     fn throttle_blocked_until<'a>(&'a self, key: &'a str) -> StoreFuture<'a, i64>;
     fn throttle_block<'a>(&'a self, key: &'a str, until: i64) -> StoreFuture<'a, ()>;
@@ -313,8 +318,12 @@ pub async fn connect(
     acquire_timeout: std::time::Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match backend_of(url) {
-        Some("postgres") => Ok(Arc::new(PgStore::connect(url, max_connections, acquire_timeout).await?)),
-        _ => Ok(Arc::new(SqliteStore::connect(url, max_connections, acquire_timeout).await?)),
+        Some("postgres") => Ok(Arc::new(
+            PgStore::connect(url, max_connections, acquire_timeout).await?,
+        )),
+        _ => Ok(Arc::new(
+            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
+        )),
     }
 }
 
@@ -322,9 +331,29 @@ pub async fn connect(
 macro_rules! migrations {
     ($backend:literal) => {
         [
-            (1, "init", include_str!(concat!("../../migrations/", $backend, "/0001_init.sql"))),
-            (2, "revocations", include_str!(concat!("../../migrations/", $backend, "/0002_revocations.sql"))),
-            (3, "login_throttle", include_str!(concat!("../../migrations/", $backend, "/0003_login_throttle.sql"))),
+            (
+                1,
+                "init",
+                include_str!(concat!("../../migrations/", $backend, "/0001_init.sql")),
+            ),
+            (
+                2,
+                "revocations",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0002_revocations.sql"
+                )),
+            ),
+            (
+                3,
+                "login_throttle",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0003_login_throttle.sql"
+                )),
+            ),
         ]
     };
 }

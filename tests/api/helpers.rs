@@ -209,7 +209,7 @@ pub struct TestApp {
     pub state: AppState,
     pub database_url: String,
     pub secret_key: String,
-    _shutdown: oneshot::Sender<()>,
+    shutdown: Option<oneshot::Sender<()>>,
 }
 
 /// Settings every test shares; `extra` overrides them.
@@ -267,7 +267,7 @@ pub async fn spawn_instance(
         state,
         database_url: database_url.to_owned(),
         secret_key: secret_key.to_owned(),
-        _shutdown: tx,
+        shutdown: Some(tx),
     }
 }
 
@@ -283,6 +283,13 @@ pub fn s(v: &Value, key: &str) -> String {
 }
 
 impl TestApp {
+    /// Starts a graceful shutdown (as SIGTERM does).
+    pub fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

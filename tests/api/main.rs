@@ -8,6 +8,8 @@ mod accounts;
 mod admin;
 mod cli;
 mod invariants;
+mod logs;
+mod production;
 mod refresh;
 mod scaleout;
 mod services;

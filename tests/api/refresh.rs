@@ -91,7 +91,10 @@ async fn grace_replay_returns_the_identical_successor(backend: Backend) {
     assert_eq!(app.refresh(&s(&b, "refresh_token")).await.0, StatusCode::OK);
     assert_eq!(audit_actions(&app, "refresh_grace_replay").await.len(), 1);
     assert_eq!(
-        app.state.auth.metrics.refreshes(RefreshOutcome::replayed_in_grace),
+        app.state
+            .auth
+            .metrics
+            .refreshes(RefreshOutcome::replayed_in_grace),
         1
     );
 }
@@ -141,7 +144,10 @@ async fn replay_outside_the_window_kills_the_session(backend: Backend) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event.detail["case"], "outside_grace_window");
     assert_eq!(
-        app.state.auth.metrics.refreshes(RefreshOutcome::reuse_detected),
+        app.state
+            .auth
+            .metrics
+            .refreshes(RefreshOutcome::reuse_detected),
         1
     );
 

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::auth::KeyPolicy;
-use crate::auth::{Auth, Policy};
+use crate::auth::{Auth, AuthParts, Policy};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::passwords::Passwords;
@@ -169,9 +169,16 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         signup_enabled: config.signup_enabled,
     };
     Ok(AppState {
-        auth: Arc::new(Auth::new(
-            store, passwords, access, keys, key_policy, policy, throttle, metrics,
-        )),
+        auth: Arc::new(Auth::new(AuthParts {
+            store,
+            passwords,
+            access,
+            keys,
+            key_policy,
+            policy,
+            throttle,
+            metrics,
+        })),
         issuer: config.issuer.as_str().into(),
         jwks_max_age_secs: config.jwks_max_age_secs,
         trusted_proxies: crate::http::client_addr::parse_proxies(&config.trusted_proxies)

@@ -150,27 +150,30 @@ pub struct Auth {
     clients: clients::ClientCache,
 }
 
+/// What an [`Auth`] is made of.
+pub struct AuthParts {
+    pub store: Arc<dyn Store>,
+    pub passwords: Passwords,
+    pub access: AccessTokens,
+    pub keys: KeySet,
+    pub key_policy: KeyPolicy,
+    pub policy: Policy,
+    pub throttle: ThrottlePolicy,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Auth {
-    pub fn new(
-        store: Arc<dyn Store>,
-        passwords: Passwords,
-        access: AccessTokens,
-        keys: KeySet,
-        key_policy: KeyPolicy,
-        policy: Policy,
-        throttle: ThrottlePolicy,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(parts: AuthParts) -> Self {
         Self {
-            throttle,
-            store,
-            passwords,
-            access,
-            policy,
-            key_policy,
-            metrics,
+            store: parts.store,
+            passwords: parts.passwords,
+            access: parts.access,
+            policy: parts.policy,
+            key_policy: parts.key_policy,
+            throttle: parts.throttle,
+            metrics: parts.metrics,
             clients: clients::ClientCache::default(),
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(Arc::new(parts.keys)),
         }
     }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{Auth, AuthError};
 use crate::tokens::refresh::RefreshToken;
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Introspection {
     pub active: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

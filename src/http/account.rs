@@ -22,20 +22,22 @@ pub fn router() -> Router<AppState> {
         .route("/v1/logout", post(logout))
 }
 
-#[derive(Deserialize)]
-struct SignupRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SignupRequest {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: uuid::Uuid,
     pub email: String,
     pub created_at: String,
 }
 
-async fn signup(
+#[utoipa::path(post, path = "/v1/signup", tag = "account", request_body = SignupRequest,
+    responses((status = 201, body = UserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 403, description = "Sign-up disabled", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body), (status = 413, description = "Body too large", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+pub(crate) async fn signup(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<SignupRequest>,
 ) -> Result<Response, ApiError> {
@@ -51,15 +53,17 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-#[derive(Serialize)]
-struct MeView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct MeView {
     id: uuid::Uuid,
     email: String,
     roles: Vec<String>,
     session_id: uuid::Uuid,
 }
 
-async fn me(
+#[utoipa::path(get, path = "/v1/me", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = MeView), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn me(
     State(state): State<AppState>,
     Bearer(token): Bearer,
 ) -> Result<Json<MeView>, ApiError> {
@@ -72,12 +76,14 @@ async fn me(
     }))
 }
 
-#[derive(Serialize)]
-struct SessionList {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionList {
     sessions: Vec<SessionView>,
 }
 
-async fn sessions(
+#[utoipa::path(get, path = "/v1/sessions", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn sessions(
     State(state): State<AppState>,
     Bearer(token): Bearer,
 ) -> Result<Json<SessionList>, ApiError> {
@@ -97,7 +103,10 @@ async fn sessions(
     }))
 }
 
-async fn end_session(
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "account", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Session id")),
+    responses((status = 204, description = "Ended"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn end_session(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
@@ -112,14 +121,18 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-struct LogoutRequest {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct LogoutRequest {
     scope: Option<String>,
 }
 
 /// `scope` from a JSON body or the query string (as Supabase clients send it);
 /// neither means `local`.
-async fn logout(
+#[utoipa::path(post, path = "/v1/logout", tag = "account", security(("bearer" = [])),
+    params(("scope" = Option<String>, Query, description = "local (default), others or global; also accepted as a JSON body")),
+    request_body(content = Option<LogoutRequest>),
+    responses((status = 204, description = "Logged out"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn logout(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,

@@ -31,8 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/audit", get(audit))
 }
 
-#[derive(Serialize)]
-struct AdminUserView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AdminUserView {
     id: Uuid,
     email: String,
     roles: Vec<String>,
@@ -54,8 +54,8 @@ impl From<User> for AdminUserView {
     }
 }
 
-#[derive(Serialize)]
-struct RevokedView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RevokedView {
     revoked: usize,
     effective_at: String,
 }
@@ -80,15 +80,17 @@ fn query_uuid(raw: Option<&str>, name: &str) -> Result<Option<Uuid>, ApiError> {
         .transpose()
 }
 
-#[derive(Deserialize)]
-struct CreateUser {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct CreateUser {
     email: String,
     password: String,
     #[serde(default)]
     roles: Vec<String>,
 }
 
-async fn create_user(
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])), request_body = CreateUser,
+    responses((status = 201, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body)))]
+pub(crate) async fn create_user(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     JsonBody(req): JsonBody<CreateUser>,
@@ -109,14 +111,14 @@ async fn create_user(
 }
 
 #[derive(Deserialize)]
-struct ListUsers {
+pub(crate) struct ListUsers {
     email: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct UserPage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct UserPage {
     users: Vec<AdminUserView>,
     next_cursor: Option<String>,
 }
@@ -135,7 +137,10 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
-async fn list_users(
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])),
+    params(("email" = Option<String>, Query, description = "Part of the email"), ("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = UserPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
+pub(crate) async fn list_users(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     QueryParams(q): QueryParams<ListUsers>,
@@ -163,12 +168,16 @@ async fn list_users(
     }))
 }
 
-#[derive(Serialize)]
-struct SessionList {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AdminSessionList)]
+pub(crate) struct SessionList {
     sessions: Vec<SessionView>,
 }
 
-async fn user_sessions(
+#[utoipa::path(get, path = "/v1/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn user_sessions(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     PathId(id): PathId,
@@ -190,7 +199,11 @@ async fn user_sessions(
     }))
 }
 
-async fn revoke_user_sessions(
+#[utoipa::path(delete, path = "/v1/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
+    description = "Force logout everywhere. effective_at: when the last access token of those sessions expires.",
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, body = RevokedView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn revoke_user_sessions(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
@@ -205,7 +218,10 @@ async fn revoke_user_sessions(
     Ok(Json(outcome.into()))
 }
 
-async fn revoke_session(
+#[utoipa::path(delete, path = "/v1/admin/sessions/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Session id")),
+    responses((status = 200, body = RevokedView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn revoke_session(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
@@ -236,7 +252,11 @@ async fn set_disabled(
     Ok(Json(user.into()))
 }
 
-async fn disable(
+#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+    description = "Disables the user: ends every session, blocks login and refresh.",
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn disable(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
@@ -245,7 +265,10 @@ async fn disable(
     set_disabled(state, token, caller.ip, id, true).await
 }
 
-async fn enable(
+#[utoipa::path(post, path = "/v1/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
+pub(crate) async fn enable(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
@@ -255,15 +278,15 @@ async fn enable(
 }
 
 #[derive(Deserialize)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     user_id: Option<String>,
     action: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
-struct AuditView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditView {
     id: i64,
     at: String,
     action: String,
@@ -271,6 +294,7 @@ struct AuditView {
     session_id: Option<Uuid>,
     actor_id: Option<Uuid>,
     ip: Option<String>,
+    #[schema(value_type = Object)]
     detail: serde_json::Value,
 }
 
@@ -290,14 +314,17 @@ impl From<AuditRecord> for AuditView {
     }
 }
 
-#[derive(Serialize)]
-struct AuditPage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
     events: Vec<AuditView>,
     next_cursor: Option<String>,
 }
 
 /// Newest first; `cursor` is the `next_cursor` of the previous page.
-async fn audit(
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
+    params(("user_id" = Option<uuid::Uuid>, Query, description = "Only this user"), ("action" = Option<String>, Query, description = "Only this action"), ("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = AuditPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
+pub(crate) async fn audit(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     QueryParams(q): QueryParams<AuditQuery>,

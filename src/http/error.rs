@@ -16,8 +16,10 @@ pub struct ApiError {
     retry_after: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error: `{"error": code, "error_description": text}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
     error: &'a str,
     error_description: &'a str,
 }

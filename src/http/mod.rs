@@ -6,6 +6,7 @@ pub mod client_addr;
 pub mod error;
 pub mod extract;
 mod oauth;
+pub mod openapi;
 mod ops;
 mod services;
 mod wellknown;
@@ -66,6 +67,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(services::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -124,7 +126,7 @@ pub fn rfc3339(unix: i64) -> String {
 }
 
 /// A session as users and admins see it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: uuid::Uuid,
     pub user_id: uuid::Uuid,

@@ -18,8 +18,8 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/revoke", post(revoke))
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TokenRequest {
     grant_type: Option<String>,
     username: Option<String>,
     password: Option<String>,
@@ -29,8 +29,8 @@ struct TokenRequest {
     scope: Option<String>,
 }
 
-#[derive(Serialize)]
-struct TokenResponse<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenResponse<'a> {
     access_token: &'a str,
     token_type: &'static str,
     expires_in: i64,
@@ -77,7 +77,11 @@ fn required_str<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, ApiEr
     })
 }
 
-async fn token(
+#[utoipa::path(post, path = "/oauth/token", tag = "oauth",
+    description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post.",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "Tokens (Cache-Control: no-store)", body = TokenResponse), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 429, description = "Throttled (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+pub(crate) async fn token(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
     BasicAuth(basic): BasicAuth,
@@ -136,13 +140,17 @@ fn token_response(grant: &Grant) -> Response {
 }
 
 /// `token_type_hint` is accepted and not needed: the token's shape tells its kind.
-#[derive(Deserialize)]
-struct RevokeRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RevokeRequest {
     token: Option<String>,
 }
 
 /// RFC 7009 §2.2: 200 whether or not the token was known.
-async fn revoke(
+#[utoipa::path(post, path = "/oauth/revoke", tag = "oauth",
+    description = "RFC 7009: ends the session of a refresh or access token; 200 even for unknown tokens.",
+    request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "Revoked (or unknown)"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
     OAuthParams(req): OAuthParams<RevokeRequest>,

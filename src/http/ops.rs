@@ -21,12 +21,14 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz() -> Json<Value> {
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when the store answers, and not shutting down.
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "The store answers"), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable(5));
     }
@@ -42,7 +44,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 }
 
 /// Prometheus text format; behind a bearer token when one is configured.
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "ops", description = "Prometheus text format; a bearer token if TESSERA_METRICS_TOKEN is set.", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text"), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(expected) = &state.metrics_token {
         let given = headers
             .get(header::AUTHORIZATION)

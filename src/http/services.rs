@@ -49,14 +49,18 @@ async fn confidential(
     }
 }
 
-#[derive(Deserialize)]
-struct IntrospectRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct IntrospectRequest {
     token: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
 }
 
-async fn introspect(
+#[utoipa::path(post, path = "/oauth/introspect", tag = "services", security(("basic" = [])),
+    description = "RFC 7662. HTTP Basic or client_secret_post (confidential clients).",
+    request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = crate::auth::Introspection), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn introspect(
     State(state): State<AppState>,
     BasicAuth(basic): BasicAuth,
     OAuthParams(req): OAuthParams<IntrospectRequest>,
@@ -78,12 +82,12 @@ async fn introspect(
 }
 
 #[derive(Deserialize)]
-struct FeedQuery {
+pub(crate) struct FeedQuery {
     after: Option<String>,
 }
 
-#[derive(Serialize)]
-struct FeedPage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct FeedPage {
     revocations: Vec<Revocation>,
     cursor: String,
 }
@@ -91,7 +95,11 @@ struct FeedPage {
 /// Revoked sessions whose access tokens may still be unexpired, oldest first. JSON
 /// pages (`?after=<cursor>`), or with `Accept: text/event-stream` a live stream that
 /// starts after `Last-Event-ID` (or `after`).
-async fn revocations(
+#[utoipa::path(get, path = "/v1/revocations", tag = "services", security(("basic" = [])),
+    description = "Ended sessions whose access tokens may still be unexpired. JSON pages, or with Accept: text/event-stream a live Server-Sent Events stream (event: revocation, id: seq; resumable with Last-Event-ID).",
+    params(("after" = Option<String>, Query, description = "cursor of the previous page")),
+    responses((status = 200, body = FeedPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn revocations(
     State(state): State<AppState>,
     BasicAuth(basic): BasicAuth,
     headers: HeaderMap,

@@ -15,7 +15,8 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/oauth-authorization-server", get(metadata))
 }
 
-async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery", responses((status = 200, description = "The public signing keys (RFC 7517); Cache-Control: max-age")))]
+pub(crate) async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let keys = state.auth.keys();
     (
         [
@@ -29,7 +30,8 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery", responses((status = 200, description = "RFC 8414 metadata")))]
+pub(crate) async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
     let iss = state.issuer.trim_end_matches('/');
     Json(serde_json::json!({
         "issuer": iss,

@@ -181,7 +181,7 @@ pub struct KeyRotation {
 
 /// An ended session in the revocation feed: its access tokens may be valid until
 /// `expires_at` (Unix seconds, like a JWT's `exp`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Revocation {
     pub seq: i64,
     pub session_id: Uuid,

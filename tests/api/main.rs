@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod invariants;
 mod logs;
+mod openapi;
 mod production;
 mod refresh;
 mod scaleout;

@@ -2,17 +2,18 @@
 //! refresh chains at several concurrencies, side by side with the limit they stand on,
 //! the one-statement rotation through sqlx at the same concurrency with no HTTP.
 //!
+//! Also: login against argon2 on every core, refresh latency during a login flood,
+//! introspection, JWKS, `/v1/me`, and the server's memory.
+//!
 //! `cargo bench --bench load` (env: TESSERA_BENCH_DATABASE_URL = an admin URL of a
 //! PostgreSQL server, default postgres://postgres@127.0.0.1:5432/postgres;
-//! TESSERA_BENCH_SECS, default 10; TESSERA_BENCH_CONCURRENCY, default "16,32").
+//! TESSERA_BENCH_SECS, default 8; TESSERA_BENCH_CONCURRENCY, default "16,32").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
-use tessera::config::Config;
-use tessera::server::Server;
 use tessera::store::{AuditEvent, Rotation, Session, Store};
 use tessera::tokens::refresh::RefreshToken;
 use uuid::Uuid;
@@ -198,72 +199,218 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
     .await
 }
 
+/// The real binary, as production runs it, on a free loopback port.
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+}
+
+impl ServerProcess {
+    fn rss_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+async fn start_server(url: &str, secret: &str, pool: u32) -> ServerProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TESSERA_DATABASE_URL", url)
+        .env("TESSERA_SECRET_KEY", secret)
+        .env("TESSERA_LOG", "warn")
+        .env("TESSERA_LOGIN_THROTTLE", "off")
+        .env("TESSERA_PASSWORD_HASH_QUEUE_TIMEOUT_MS", "30000")
+        .env("TESSERA_DATABASE_MAX_CONNECTIONS", pool.to_string())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess { child, base: format!("http://127.0.0.1:{port}") };
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("{}/healthz", server.base)).send().await.is_ok() {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not start");
+}
+
+/// argon2id at the server's parameters on every core: the login limit.
+fn argon2_limit(secs: u64) -> f64 {
+    use argon2::password_hash::PasswordHasher as _;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let params = argon2::Params::new(19_456, 2, 1, None).unwrap();
+                let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    hasher.hash_password(b"benchmark password").unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn login_loop(client: &reqwest::Client, base: &str, emails: Vec<String>, secs: u64) -> Run {
+    let states: Vec<_> = emails.into_iter().map(|e| (client.clone(), format!("{base}/oauth/token"), e)).collect();
+    drive(states, secs, |(client, url, email)| async move {
+        let response = client
+            .post(&url)
+            .form(&[("grant_type", "password"), ("username", email.as_str()), ("password", "benchmark password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login failed");
+        let _ = response.bytes().await;
+        (client, url, email)
+    })
+    .await
+}
+
+/// `c` clients calling one request builder in a loop.
+async fn request_loop(c: usize, secs: u64, make: fn(&reqwest::Client, &str, &str) -> reqwest::RequestBuilder, client: &reqwest::Client, base: &str, arg: &str) -> Run {
+    let states: Vec<_> = (0..c).map(|_| (client.clone(), base.to_owned(), arg.to_owned())).collect();
+    drive(states, secs, move |(client, base, arg)| async move {
+        let response = make(&client, &base, &arg).send().await.unwrap();
+        assert!(response.status().is_success(), "status {}", response.status());
+        let _ = response.bytes().await;
+        (client, base, arg)
+    })
+    .await
+}
+
+fn row(name: &str, c: usize, run: &mut Run, limit: Option<(&str, f64)>) {
+    let (limit_name, ratio) = match limit {
+        Some((n, l)) => (format!("{n} {l:.0}/s"), format!("{:.2}", run.rate() / l)),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    println!(
+        "| {name} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {limit_name} | {ratio} |",
+        run.rate(),
+        run.pct(0.50),
+        run.pct(0.90),
+        run.pct(0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
-    let admin_url = env(
-        "TESSERA_BENCH_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
-    let secs: u64 = env("TESSERA_BENCH_SECS", "10").parse().unwrap();
-    let levels: Vec<usize> = env("TESSERA_BENCH_CONCURRENCY", "16,32")
-        .split(',')
-        .map(|c| c.trim().parse().unwrap())
-        .collect();
+    let admin_url = env("TESSERA_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let secs: u64 = env("TESSERA_BENCH_SECS", "8").parse().unwrap();
+    let levels: Vec<usize> = env("TESSERA_BENCH_CONCURRENCY", "16,32").split(',').map(|c| c.trim().parse().unwrap()).collect();
     let max_c = levels.iter().copied().max().unwrap_or(32) as u32;
 
     let url = fresh_database(&admin_url).await;
     let secret = tessera::tokens::keys::SecretKey::generate().to_base64();
-    let vars = [
-        ("TESSERA_LISTEN", "127.0.0.1:0"),
-        ("TESSERA_DATABASE_URL", url.as_str()),
-        ("TESSERA_SECRET_KEY", secret.as_str()),
-        ("TESSERA_LOG", "warn"),
-        ("TESSERA_LOGIN_THROTTLE", "off"),
-        ("TESSERA_DATABASE_MAX_CONNECTIONS", &max_c.to_string()),
-    ];
-    let config =
-        Config::load(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))).unwrap();
-    let server = Server::bind(&config).await.unwrap();
-    let base = format!("http://{}", server.local_addr().unwrap());
-    let store = server.state().auth.store.clone();
-    let bench_user = server
-        .state()
-        .auth
-        .create_user(
-            "limit@bench.test",
-            "benchmark password".into(),
-            vec![],
-            None,
-            tessera::http::extract::now(),
-        )
-        .await
-        .unwrap();
-    tokio::spawn(server.run(std::future::pending()));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
+    let server = start_server(&url, &secret, max_c).await;
+    let base = server.base.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = server.rss_kib("VmRSS:");
+    let store = tessera::store::connect(&url, max_c, Duration::from_secs(5)).await.unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
 
-    println!(
-        "refresh chains against PostgreSQL, {secs} s per run, cores: {}",
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
-    println!(
-        "| c | HTTP refresh req/s | p50 ms | p90 ms | p99 ms | sqlx rotate/s (limit) | limit p99 ms | ratio |"
-    );
+    // Users: one per login client, and one to own the sqlx-only sessions.
+    let mut emails = Vec::new();
+    for i in 0..16 {
+        let email = format!("login{i}@bench.test");
+        client.post(format!("{base}/v1/signup")).json(&serde_json::json!({"email": email, "password": "benchmark password"})).send().await.unwrap();
+        emails.push(email);
+    }
+    let login: serde_json::Value = client
+        .post(format!("{base}/oauth/token"))
+        .form(&[("grant_type", "password"), ("username", emails[0].as_str()), ("password", "benchmark password")])
+        .send().await.unwrap().json().await.unwrap();
+    let access = login["access_token"].as_str().unwrap().to_owned();
+    let me: serde_json::Value = client.get(format!("{base}/v1/me")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+    let user_id: Uuid = me["id"].as_str().unwrap().parse().unwrap();
+    let service = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["client", "create", "--name", "bench", "--confidential"])
+            .env("TESSERA_DATABASE_URL", &url)
+            .env("TESSERA_SECRET_KEY", &secret)
+            .env("TESSERA_LOG", "warn")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let basic = format!("{}:{}", service["client_id"].as_str().unwrap(), service["client_secret"].as_str().unwrap());
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("Tessera load benchmark: {secs} s per run, {cores} cores, PostgreSQL on the same host, server = release binary");
+    println!();
+    println!("| scenario | c | req/s | p50 ms | p90 ms | p99 ms | limit | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
-    for c in levels {
-        let mut limit = sqlx_rotate_chains(store.clone(), bench_user.id, c, secs).await;
+    for &c in &levels {
+        let mut limit = sqlx_rotate_chains(store.clone(), user_id, c, secs).await;
         let mut http = http_refresh_chains(&client, &base, c, secs).await;
-        println!(
-            "| {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
-            http.rate(),
-            http.pct(0.50),
-            http.pct(0.90),
-            http.pct(0.99),
-            limit.rate(),
-            limit.pct(0.99),
-            http.rate() / limit.rate()
-        );
+        row("sqlx one-statement rotate (limit)", c, &mut limit, None);
+        row("refresh chains (HTTP, all rules)", c, &mut http, Some(("sqlx rotate", limit.rate())));
+    }
+
+    let argon2 = argon2_limit(secs);
+    let mut logins = login_loop(&client, &base, emails.clone(), secs).await;
+    row("login (password grant)", 16, &mut logins, Some(("argon2 on all cores", argon2)));
+
+    // Refresh latency alone, then while 16 clients flood the password grant.
+    let mut quiet = http_refresh_chains(&client, &base, 4, secs).await;
+    row("refresh chains, unloaded", 4, &mut quiet, None);
+    let flood = {
+        let (client, base, emails) = (client.clone(), base.clone(), emails.clone());
+        tokio::spawn(async move { login_loop(&client, &base, emails, secs + 2).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut loaded = http_refresh_chains(&client, &base, 4, secs).await;
+    let rss_flood_peak = server.rss_kib("VmHWM:");
+    let mut flood = flood.await.unwrap();
+    row("refresh chains, during login flood", 4, &mut loaded, None);
+    row("login flood (beside the refreshes)", 16, &mut flood, Some(("argon2 on all cores", argon2)));
+
+    let mut introspect = request_loop(16, secs, |c, base, arg| {
+        let (id, secret) = arg.split_once(':').unwrap();
+        let (secret, token) = secret.split_once('|').unwrap();
+        c.post(format!("{base}/oauth/introspect")).basic_auth(id, Some(secret)).form(&[("token", token)])
+    }, &client, &base, &format!("{basic}|{access}")).await;
+    row("introspection (access token)", 16, &mut introspect, None);
+    let mut jwks = request_loop(16, secs, |c, base, _| c.get(format!("{base}/.well-known/jwks.json")), &client, &base, "").await;
+    row("JWKS", 16, &mut jwks, None);
+    let mut me = request_loop(16, secs, |c, base, token| c.get(format!("{base}/v1/me")).bearer_auth(token), &client, &base, &access).await;
+    row("/v1/me (verify + live session read)", 16, &mut me, None);
+
+    println!();
+    println!("refresh p99 during the login flood / unloaded: {:.2}x", loaded.pct(0.99) / quiet.pct(0.99));
+    println!("server RSS: idle {} MiB; peak during the login flood {} MiB", rss_idle / 1024, rss_flood_peak / 1024);
+    // The query behind access-token introspection and /v1/me: one indexed read.
+    if let Ok(pg) = tessera::store::PgStore::connect(&url, 1, Duration::from_secs(5)).await {
+        let plan: Vec<(String,)> = sqlx::query_as(
+            "EXPLAIN SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = '00000000-0000-0000-0000-000000000000' AND s.revoked_at IS NULL AND s.expires_at > 0 AND u.disabled_at IS NULL",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .unwrap_or_default();
+        println!("introspection / live-session query plan:");
+        for (line,) in plan {
+            println!("    {line}");
+        }
     }
 }

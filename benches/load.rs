@@ -224,7 +224,11 @@ impl Drop for ServerProcess {
 }
 
 async fn start_server(url: &str, secret: &str, pool: u32) -> ServerProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("serve")
         .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
@@ -236,10 +240,18 @@ async fn start_server(url: &str, secret: &str, pool: u32) -> ServerProcess {
         .env("TESSERA_DATABASE_MAX_CONNECTIONS", pool.to_string())
         .spawn()
         .unwrap();
-    let server = ServerProcess { child, base: format!("http://127.0.0.1:{port}") };
+    let server = ServerProcess {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
     let http = reqwest::Client::new();
     for _ in 0..300 {
-        if http.get(format!("{}/healthz", server.base)).send().await.is_ok() {
+        if http
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .is_ok()
+        {
             return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -257,12 +269,23 @@ fn argon2_limit(secs: u64) -> f64 {
         .map(|_| {
             std::thread::spawn(move || {
                 let params = argon2::Params::new(19_456, 2, 1, Some(32)).unwrap();
-                let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+                let hasher = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    params,
+                );
                 let mut memory = vec![argon2::Block::default(); 19_456];
                 let mut out = [0u8; 32];
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    hasher.hash_password_into_with_memory(b"benchmark password", b"sixteen byte slt", &mut out, &mut memory).unwrap();
+                    hasher
+                        .hash_password_into_with_memory(
+                            b"benchmark password",
+                            b"sixteen byte slt",
+                            &mut out,
+                            &mut memory,
+                        )
+                        .unwrap();
                     n += 1;
                 }
                 n
@@ -274,11 +297,18 @@ fn argon2_limit(secs: u64) -> f64 {
 }
 
 async fn login_loop(client: &reqwest::Client, base: &str, emails: Vec<String>, secs: u64) -> Run {
-    let states: Vec<_> = emails.into_iter().map(|e| (client.clone(), format!("{base}/oauth/token"), e)).collect();
+    let states: Vec<_> = emails
+        .into_iter()
+        .map(|e| (client.clone(), format!("{base}/oauth/token"), e))
+        .collect();
     drive(states, secs, |(client, url, email)| async move {
         let response = client
             .post(&url)
-            .form(&[("grant_type", "password"), ("username", email.as_str()), ("password", "benchmark password")])
+            .form(&[
+                ("grant_type", "password"),
+                ("username", email.as_str()),
+                ("password", "benchmark password"),
+            ])
             .send()
             .await
             .unwrap();
@@ -290,11 +320,24 @@ async fn login_loop(client: &reqwest::Client, base: &str, emails: Vec<String>, s
 }
 
 /// `c` clients calling one request builder in a loop.
-async fn request_loop(c: usize, secs: u64, make: fn(&reqwest::Client, &str, &str) -> reqwest::RequestBuilder, client: &reqwest::Client, base: &str, arg: &str) -> Run {
-    let states: Vec<_> = (0..c).map(|_| (client.clone(), base.to_owned(), arg.to_owned())).collect();
+async fn request_loop(
+    c: usize,
+    secs: u64,
+    make: fn(&reqwest::Client, &str, &str) -> reqwest::RequestBuilder,
+    client: &reqwest::Client,
+    base: &str,
+    arg: &str,
+) -> Run {
+    let states: Vec<_> = (0..c)
+        .map(|_| (client.clone(), base.to_owned(), arg.to_owned()))
+        .collect();
     drive(states, secs, move |(client, base, arg)| async move {
         let response = make(&client, &base, &arg).send().await.unwrap();
-        assert!(response.status().is_success(), "status {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "status {}",
+            response.status()
+        );
         let _ = response.bytes().await;
         (client, base, arg)
     })
@@ -317,9 +360,15 @@ fn row(name: &str, c: usize, run: &mut Run, limit: Option<(&str, f64)>) {
 
 #[tokio::main]
 async fn main() {
-    let admin_url = env("TESSERA_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let admin_url = env(
+        "TESSERA_BENCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
     let secs: u64 = env("TESSERA_BENCH_SECS", "8").parse().unwrap();
-    let levels: Vec<usize> = env("TESSERA_BENCH_CONCURRENCY", "16,32").split(',').map(|c| c.trim().parse().unwrap()).collect();
+    let levels: Vec<usize> = env("TESSERA_BENCH_CONCURRENCY", "16,32")
+        .split(',')
+        .map(|c| c.trim().parse().unwrap())
+        .collect();
     let max_c = levels.iter().copied().max().unwrap_or(32) as u32;
 
     let url = fresh_database(&admin_url).await;
@@ -328,22 +377,49 @@ async fn main() {
     let base = server.base.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = server.rss_kib("VmRSS:");
-    let store = tessera::store::connect(&url, max_c, Duration::from_secs(5)).await.unwrap();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let store = tessera::store::connect(&url, max_c, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
 
     // Users: one per login client, and one to own the sqlx-only sessions.
     let mut emails = Vec::new();
     for i in 0..16 {
         let email = format!("login{i}@bench.test");
-        client.post(format!("{base}/v1/signup")).json(&serde_json::json!({"email": email, "password": "benchmark password"})).send().await.unwrap();
+        client
+            .post(format!("{base}/v1/signup"))
+            .json(&serde_json::json!({"email": email, "password": "benchmark password"}))
+            .send()
+            .await
+            .unwrap();
         emails.push(email);
     }
     let login: serde_json::Value = client
         .post(format!("{base}/oauth/token"))
-        .form(&[("grant_type", "password"), ("username", emails[0].as_str()), ("password", "benchmark password")])
-        .send().await.unwrap().json().await.unwrap();
+        .form(&[
+            ("grant_type", "password"),
+            ("username", emails[0].as_str()),
+            ("password", "benchmark password"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let access = login["access_token"].as_str().unwrap().to_owned();
-    let me: serde_json::Value = client.get(format!("{base}/v1/me")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+    let me: serde_json::Value = client
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let user_id: Uuid = me["id"].as_str().unwrap().parse().unwrap();
     let service = {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -355,10 +431,16 @@ async fn main() {
             .unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let basic = format!("{}:{}", service["client_id"].as_str().unwrap(), service["client_secret"].as_str().unwrap());
+    let basic = format!(
+        "{}:{}",
+        service["client_id"].as_str().unwrap(),
+        service["client_secret"].as_str().unwrap()
+    );
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("Tessera load benchmark: {secs} s per run, {cores} cores, PostgreSQL on the same host, server = release binary");
+    println!(
+        "Tessera load benchmark: {secs} s per run, {cores} cores, PostgreSQL on the same host, server = release binary"
+    );
     println!();
     println!("| scenario | c | req/s | p50 ms | p90 ms | p99 ms | limit | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -366,12 +448,22 @@ async fn main() {
         let mut limit = sqlx_rotate_chains(store.clone(), user_id, c, secs).await;
         let mut http = http_refresh_chains(&client, &base, c, secs).await;
         row("sqlx one-statement rotate (limit)", c, &mut limit, None);
-        row("refresh chains (HTTP, all rules)", c, &mut http, Some(("sqlx rotate", limit.rate())));
+        row(
+            "refresh chains (HTTP, all rules)",
+            c,
+            &mut http,
+            Some(("sqlx rotate", limit.rate())),
+        );
     }
 
     let argon2 = argon2_limit(secs);
     let mut logins = login_loop(&client, &base, emails.clone(), secs).await;
-    row("login (password grant)", 16, &mut logins, Some(("argon2 on all cores", argon2)));
+    row(
+        "login (password grant)",
+        16,
+        &mut logins,
+        Some(("argon2 on all cores", argon2)),
+    );
 
     // Refresh latency alone, then while 16 clients flood the password grant.
     let mut quiet = http_refresh_chains(&client, &base, 4, secs).await;
@@ -385,34 +477,73 @@ async fn main() {
     let rss_flood_peak = server.rss_kib("VmHWM:");
     let mut flood = flood.await.unwrap();
     row("refresh chains, during login flood", 4, &mut loaded, None);
-    row("login flood (beside the refreshes)", 16, &mut flood, Some(("argon2 on all cores", argon2)));
+    row(
+        "login flood (beside the refreshes)",
+        16,
+        &mut flood,
+        Some(("argon2 on all cores", argon2)),
+    );
 
-    let mut introspect = request_loop(16, secs, |c, base, arg| {
-        let (id, secret) = arg.split_once(':').unwrap();
-        let (secret, token) = secret.split_once('|').unwrap();
-        c.post(format!("{base}/oauth/introspect")).basic_auth(id, Some(secret)).form(&[("token", token)])
-    }, &client, &base, &format!("{basic}|{access}")).await;
+    let mut introspect = request_loop(
+        16,
+        secs,
+        |c, base, arg| {
+            let (id, secret) = arg.split_once(':').unwrap();
+            let (secret, token) = secret.split_once('|').unwrap();
+            c.post(format!("{base}/oauth/introspect"))
+                .basic_auth(id, Some(secret))
+                .form(&[("token", token)])
+        },
+        &client,
+        &base,
+        &format!("{basic}|{access}"),
+    )
+    .await;
     row("introspection (access token)", 16, &mut introspect, None);
-    let mut jwks = request_loop(16, secs, |c, base, _| c.get(format!("{base}/.well-known/jwks.json")), &client, &base, "").await;
+    let mut jwks = request_loop(
+        16,
+        secs,
+        |c, base, _| c.get(format!("{base}/.well-known/jwks.json")),
+        &client,
+        &base,
+        "",
+    )
+    .await;
     row("JWKS", 16, &mut jwks, None);
-    let mut me = request_loop(16, secs, |c, base, token| c.get(format!("{base}/v1/me")).bearer_auth(token), &client, &base, &access).await;
+    let mut me = request_loop(
+        16,
+        secs,
+        |c, base, token| c.get(format!("{base}/v1/me")).bearer_auth(token),
+        &client,
+        &base,
+        &access,
+    )
+    .await;
     row("/v1/me (verify + live session read)", 16, &mut me, None);
 
     println!();
-    println!("refresh p99 during the login flood / unloaded: {:.2}x", loaded.pct(0.99) / quiet.pct(0.99));
-    println!("server RSS: idle {} MiB; peak during the login flood {} MiB", rss_idle / 1024, rss_flood_peak / 1024);
+    println!(
+        "refresh p99 during the login flood / unloaded: {:.2}x",
+        loaded.pct(0.99) / quiet.pct(0.99)
+    );
+    println!(
+        "server RSS: idle {} MiB; peak during the login flood {} MiB",
+        rss_idle / 1024,
+        rss_flood_peak / 1024
+    );
     // The query behind access-token introspection and /v1/me: one indexed read.
     if let Ok(pg) = tessera::store::PgStore::connect(&url, 1, Duration::from_secs(5)).await {
-        let plan: Vec<(String,)> = sqlx::query_as(
+        let plan = sqlx::query_scalar::<_, String>(
             "EXPLAIN SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = '00000000-0000-0000-0000-000000000000' AND s.revoked_at IS NULL AND s.expires_at > 0 AND u.disabled_at IS NULL",
+             WHERE s.id = '00000000-0000-0000-0000-000000000000'::uuid AND s.revoked_at IS NULL \
+             AND s.expires_at > 0 AND u.disabled_at IS NULL",
         )
         .fetch_all(pg.pool())
-        .await
-        .unwrap_or_default();
+        .await;
         println!("introspection / live-session query plan:");
-        for (line,) in plan {
-            println!("    {line}");
+        match plan {
+            Ok(lines) => lines.iter().for_each(|l| println!("    {l}")),
+            Err(e) => println!("    (EXPLAIN failed: {e})"),
         }
     }
 }

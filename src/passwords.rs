@@ -62,7 +62,8 @@ struct Inner {
 
 fn argon2() -> Argon2<'static> {
     // These constants are valid parameters; `Params::DEFAULT` keeps this function total.
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN)).unwrap_or(Params::DEFAULT);
+    let params =
+        Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN)).unwrap_or(Params::DEFAULT);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -73,20 +74,36 @@ fn hash_with(password: &[u8], memory: &mut [Block]) -> Result<String, PasswordEr
     argon2()
         .hash_password_into_with_memory(password, &salt, &mut out, memory)
         .map_err(|_| PasswordError::Internal)?;
-    Ok(format!("{PHC_PREFIX}{}${}", STANDARD_NO_PAD.encode(salt), STANDARD_NO_PAD.encode(out)))
+    Ok(format!(
+        "{PHC_PREFIX}{}${}",
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(out)
+    ))
 }
 
 /// Checks `password` against a PHC string: in `memory` when it has our parameters,
 /// otherwise (older parameters) through the general, allocating path.
 fn verify_with(password: &[u8], phc: &str, memory: &mut [Block]) -> bool {
-    let ours = phc.strip_prefix(PHC_PREFIX).and_then(|rest| rest.split_once('$')).and_then(|(salt, hash)| {
-        Some((STANDARD_NO_PAD.decode(salt).ok()?, STANDARD_NO_PAD.decode(hash).ok()?))
-    });
+    let ours = phc
+        .strip_prefix(PHC_PREFIX)
+        .and_then(|rest| rest.split_once('$'))
+        .and_then(|(salt, hash)| {
+            Some((
+                STANDARD_NO_PAD.decode(salt).ok()?,
+                STANDARD_NO_PAD.decode(hash).ok()?,
+            ))
+        });
     match ours {
         Some((salt, expected)) if expected.len() == OUTPUT_LEN => {
             let mut out = [0u8; OUTPUT_LEN];
-            argon2().hash_password_into_with_memory(password, &salt, &mut out, memory).is_ok()
-                && out.iter().zip(&expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            argon2()
+                .hash_password_into_with_memory(password, &salt, &mut out, memory)
+                .is_ok()
+                && out
+                    .iter()
+                    .zip(&expected)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
         }
         _ => argon2().verify_password(password, phc).is_ok(),
     }
@@ -101,7 +118,13 @@ fn lower_priority() {
     {
         use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
         let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, idle).is_ok() {
+        if thread_priority::set_thread_priority_and_policy(
+            thread_priority::thread_native_id(),
+            ThreadPriority::Min,
+            idle,
+        )
+        .is_ok()
+        {
             return;
         }
     }
@@ -121,7 +144,9 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(memory.get_or_insert_with(|| vec![Block::default(); M_COST_KIB as usize])),
+            Ok(job) => {
+                job(memory.get_or_insert_with(|| vec![Block::default(); M_COST_KIB as usize]))
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => memory = None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
@@ -146,7 +171,10 @@ impl Passwords {
                 .map_err(|_| PasswordError::Internal)?;
         }
         let dummy_hash = tokio::task::spawn_blocking(|| {
-            hash_with(b"tessera dummy password", &mut vec![Block::default(); M_COST_KIB as usize])
+            hash_with(
+                b"tessera dummy password",
+                &mut vec![Block::default(); M_COST_KIB as usize],
+            )
         })
         .await
         .map_err(|_| PasswordError::Internal)??;
@@ -163,26 +191,38 @@ impl Passwords {
 
     pub async fn hash(&self, password: &SecretString) -> Result<String, PasswordError> {
         let password = password.clone();
-        self.run(move |memory| hash_with(password.expose_secret().as_bytes(), memory)).await?
+        self.run(move |memory| hash_with(password.expose_secret().as_bytes(), memory))
+            .await?
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no
     /// user, so both cases take one argon2 run.
-    pub async fn verify(&self, password: &SecretString, hash: Option<String>) -> Result<bool, PasswordError> {
+    pub async fn verify(
+        &self,
+        password: &SecretString,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
         let password = password.clone();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.inner.dummy_hash.clone());
-        let matches = self.run(move |memory| verify_with(password.expose_secret().as_bytes(), &hash, memory)).await?;
+        let matches = self
+            .run(move |memory| verify_with(password.expose_secret().as_bytes(), &hash, memory))
+            .await?;
         Ok(known && matches)
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&mut [Block]) -> T + Send + 'static) -> Result<T, PasswordError> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
         let queued = std::time::Instant::now();
-        let permit: OwnedSemaphorePermit =
-            tokio::time::timeout(self.inner.queue_timeout, self.inner.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| PasswordError::Busy)?
-                .map_err(|_| PasswordError::Internal)?;
+        let permit: OwnedSemaphorePermit = tokio::time::timeout(
+            self.inner.queue_timeout,
+            self.inner.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| PasswordError::Busy)?
+        .map_err(|_| PasswordError::Internal)?;
         if let Some(wait) = &self.inner.wait {
             wait.observe(queued.elapsed().as_secs_f64());
         }
@@ -193,7 +233,12 @@ impl Passwords {
             let _ = reply.send(work(memory));
             drop(permit);
         });
-        self.inner.jobs.lock().map_err(|_| PasswordError::Internal)?.send(job).map_err(|_| PasswordError::Internal)?;
+        self.inner
+            .jobs
+            .lock()
+            .map_err(|_| PasswordError::Internal)?
+            .send(job)
+            .map_err(|_| PasswordError::Internal)?;
         answer.await.map_err(|_| PasswordError::Internal)
     }
 }
@@ -209,24 +254,37 @@ mod tests {
         let hash = passwords.hash(&pw).await?;
         assert!(hash.starts_with(PHC_PREFIX));
         assert!(passwords.verify(&pw, Some(hash.clone())).await?);
-        assert!(!passwords.verify(&"wrong password".into(), Some(hash)).await?);
+        assert!(
+            !passwords
+                .verify(&"wrong password".into(), Some(hash))
+                .await?
+        );
         assert!(!passwords.verify(&pw, None).await?);
         Ok(())
     }
 
     #[tokio::test]
-    async fn hashes_are_standard_phc_and_other_parameters_still_verify() -> Result<(), PasswordError> {
+    async fn hashes_are_standard_phc_and_other_parameters_still_verify() -> Result<(), PasswordError>
+    {
         use argon2::password_hash::PasswordHasher as _;
         let passwords = Passwords::new(1, Duration::from_secs(5), None).await?;
         let pw: SecretString = "correct horse battery".into();
         // Our hash checks with the argon2 crate's own verifier...
         let ours = passwords.hash(&pw).await?;
-        assert!(argon2().verify_password(b"correct horse battery", ours.as_str()).is_ok());
+        assert!(
+            argon2()
+                .verify_password(b"correct horse battery", ours.as_str())
+                .is_ok()
+        );
         // ...and a hash made elsewhere with other parameters checks with ours.
-        let other = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8192, 3, 1, None).unwrap_or(Params::DEFAULT))
-            .hash_password(b"correct horse battery")
-            .map_err(|_| PasswordError::Internal)?
-            .to_string();
+        let other = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 3, 1, None).unwrap_or(Params::DEFAULT),
+        )
+        .hash_password(b"correct horse battery")
+        .map_err(|_| PasswordError::Internal)?
+        .to_string();
         assert!(passwords.verify(&pw, Some(other.clone())).await?);
         assert!(!passwords.verify(&"nope nope".into(), Some(other)).await?);
         Ok(())
@@ -235,7 +293,12 @@ mod tests {
     #[tokio::test]
     async fn full_slots_answer_busy_instead_of_queueing() -> Result<(), PasswordError> {
         let passwords = Passwords::new(1, Duration::from_millis(1), None).await?;
-        let held = passwords.inner.slots.acquire().await.map_err(|_| PasswordError::Internal)?;
+        let held = passwords
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Internal)?;
         let result = passwords.hash(&"whatever password".into()).await;
         assert!(matches!(result, Err(PasswordError::Busy)));
         drop(held);

@@ -128,6 +128,7 @@ fn key_policy(config: &Config, secret: SecretKey) -> Result<KeyPolicy, StartErro
         rotation_secs: i64::from(config.key_rotation_days) * 86_400,
         publish_lead_secs: i64::from(config.jwks_max_age_secs)
             + 2 * i64::from(config.key_reload_secs),
+        reload_secs: i64::from(config.key_reload_secs),
     })
 }
 
@@ -262,7 +263,8 @@ impl Server {
 }
 
 /// Every instance, every `period`: rotate the signing key if it is due (only one
-/// instance succeeds), then re-read the keys so rotations made anywhere take effect.
+/// instance succeeds), re-read the keys so rotations made anywhere take effect, and
+/// forget expired login-throttle counters.
 async fn keep_keys(auth: Arc<Auth>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,6 +277,9 @@ async fn keep_keys(auth: Arc<Auth>, period: Duration) {
         }
         if let Err(e) = auth.reload_keys(now).await {
             tracing::warn!(error = %e, "signing key reload failed; keeping the current keys");
+        }
+        if let Err(e) = auth.prune_throttle(now).await {
+            tracing::warn!(error = %e, "pruning login throttle counters failed");
         }
     }
 }

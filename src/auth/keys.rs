@@ -21,6 +21,8 @@ pub struct KeyPolicy {
     /// 0 disables automatic rotation.
     pub rotation_secs: i64,
     pub publish_lead_secs: i64,
+    /// How often every instance re-reads the keys.
+    pub reload_secs: i64,
 }
 
 /// Loads the key set, creating the first key if the store has none (instances that
@@ -94,7 +96,12 @@ impl Auth {
         let unless_created_since = match newest {
             _ if force => None,
             None => None,
-            Some(k) if k.alg != wanted_alg => Some(k.created_at + 1),
+            // Another algorithm configured: rotate, but not again within one publication
+            // lead (instances mid-rollout with different settings must not churn keys).
+            Some(k) if k.alg != wanted_alg && now - k.created_at > policy.publish_lead_secs => {
+                Some(k.created_at + 1)
+            }
+            Some(k) if k.alg != wanted_alg => return Ok(false),
             Some(_) if policy.rotation_secs > 0 => Some(now - policy.rotation_secs),
             Some(_) => return Ok(false),
         };
@@ -106,7 +113,11 @@ impl Auth {
         let mut key = new_key(policy, now)?;
         key.activates_at = now + policy.publish_lead_secs;
         let rotation = KeyRotation {
-            retire_old_at: key.activates_at + self.access.ttl_secs + LEEWAY_SECS as i64,
+            // Instances switch to the new key at their first reload after it activates.
+            retire_old_at: key.activates_at
+                + policy.reload_secs
+                + self.access.ttl_secs
+                + LEEWAY_SECS as i64,
             unless_created_since,
             prune_retired_before: now - 86_400,
             key,

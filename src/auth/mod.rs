@@ -282,7 +282,6 @@ impl Auth {
             Some(user) if password_ok && user.disabled_at.is_none() => user,
             user => {
                 self.metrics.login(LoginOutcome::failed);
-                self.login_failed(&email, caller.ip.as_deref(), now).await?;
                 let reason = match &user {
                     None => "unknown_user",
                     Some(_) if !password_ok => "wrong_password",

@@ -20,7 +20,7 @@ pub struct ThrottlePolicy {
     pub backoff_max_secs: i64,
 }
 
-/// Seconds an account waits after its `failures`-th consecutive failure:
+/// Seconds an account waits after its `failures`-th consecutive failed attempt:
 /// 0 below the threshold, then 2, 4, 8, ... up to the cap (clocks tick in whole
 /// seconds, so the shortest wait is 2 to be at least 1).
 pub fn backoff_secs(failures: i64, policy: &ThrottlePolicy) -> i64 {
@@ -48,7 +48,10 @@ fn account_key(email: &str) -> String {
 }
 
 impl Auth {
-    /// Refuses an attempt that is over a limit, before any password hashing.
+    /// Counts the attempt and refuses it, before any password hashing, when it is over
+    /// a limit. Past the failure threshold an attempt must claim the account's next
+    /// backoff window: of concurrent attempts (on any instance) exactly one wins it, so
+    /// parallel guesses get no more tries than sequential ones.
     pub(super) async fn check_login_throttle(
         &self,
         email: &str,
@@ -65,46 +68,34 @@ impl Auth {
                 .throttle_hit(&format!("addr:{ip}"), now, ADDRESS_WINDOW_SECS)
                 .await?;
             if hits > policy.per_address {
-                self.metrics.login(LoginOutcome::throttled);
-                return Err(AuthError::Throttled(
-                    (start + ADDRESS_WINDOW_SECS - now).max(1),
-                ));
+                return self.throttled((start + ADDRESS_WINDOW_SECS - now).max(1));
             }
         }
-        let blocked_until = self
-            .store
-            .throttle_blocked_until(&account_key(email))
-            .await?;
-        if blocked_until > now {
-            self.metrics.login(LoginOutcome::throttled);
-            return Err(AuthError::Throttled(blocked_until - now));
-        }
-        Ok(())
-    }
-
-    pub(super) async fn login_failed(
-        &self,
-        email: &str,
-        ip: Option<&str>,
-        now: i64,
-    ) -> Result<(), AuthError> {
-        if !self.throttle.enabled {
+        // An address that cannot be an email has no account to protect.
+        let Ok(email) = super::normalize_email(email) else {
             return Ok(());
-        }
-        let key = account_key(email);
-        let (_, failures) = self
+        };
+        let key = account_key(&email);
+        let (_, attempts) = self
             .store
             .throttle_hit(&key, now, FAILURE_MEMORY_SECS)
             .await?;
-        let wait = backoff_secs(failures, &self.throttle);
-        if wait > 0 {
-            self.store.throttle_block(&key, now + wait).await?;
+        let blocked_until = self.store.throttle_blocked_until(&key).await?;
+        if blocked_until > now {
+            return self.throttled(blocked_until - now);
+        }
+        if attempts > policy.failures_before_backoff {
+            let wait = backoff_secs(attempts - 1, policy);
+            if !self.store.throttle_claim(&key, now + wait, now).await? {
+                let blocked_until = self.store.throttle_blocked_until(&key).await?;
+                return self.throttled((blocked_until - now).max(1));
+            }
             self.store
                 .record(&AuditEvent {
                     at: now,
                     action: "login_backoff".into(),
                     ip: ip.map(str::to_owned),
-                    detail: serde_json::json!({"failures": failures, "wait_secs": wait}),
+                    detail: serde_json::json!({"attempts": attempts, "wait_secs": wait}),
                     ..AuditEvent::default()
                 })
                 .await?;
@@ -112,11 +103,21 @@ impl Auth {
         Ok(())
     }
 
+    fn throttled(&self, retry_after: i64) -> Result<(), AuthError> {
+        self.metrics.login(LoginOutcome::throttled);
+        Err(AuthError::Throttled(retry_after))
+    }
+
     pub(super) async fn login_succeeded(&self, email: &str) -> Result<(), AuthError> {
         if self.throttle.enabled {
             self.store.throttle_clear(&account_key(email)).await?;
         }
         Ok(())
+    }
+
+    /// Forgets counters that have expired (called periodically).
+    pub async fn prune_throttle(&self, now: i64) -> Result<(), AuthError> {
+        Ok(self.store.throttle_prune(now, FAILURE_MEMORY_SECS).await?)
     }
 }
 

@@ -55,7 +55,9 @@ pub fn parse_proxies(text: &str) -> Result<Vec<Cidr>, String> {
 /// trusted proxy; the first untrusted hop is the client. Without a trusted peer the
 /// header is ignored (anyone can send it).
 pub fn resolve(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    // `::ffff:10.0.0.2` (an IPv4 peer on an IPv6 socket) is 10.0.0.2.
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip.to_canonical()));
     if !is_trusted(peer) {
         return peer;
     }
@@ -63,7 +65,7 @@ pub fn resolve(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) -> I
     if let Some(header) = forwarded_for {
         for hop in header.rsplit(',').map(str::trim) {
             let Ok(ip) = hop.parse::<IpAddr>() else { break };
-            client = ip;
+            client = ip.to_canonical();
             if !is_trusted(ip) {
                 break;
             }

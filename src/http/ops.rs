@@ -92,7 +92,13 @@ pub async fn record_metrics(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // Label values come from a fixed set: a client inventing methods must not be able to
+    // grow the metrics without bound (routes are templates, already bounded).
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let m = &state.auth.metrics;

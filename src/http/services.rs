@@ -124,7 +124,7 @@ pub(crate) async fn revocations(
     if wants_stream {
         // Subscribe before reading the backlog, so nothing falls between the two.
         let live = store.subscribe_revocations();
-        let stream = feed_stream(store, live, after);
+        let stream = feed_stream(store, live, after, state.draining.clone());
         return Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response());
@@ -144,48 +144,57 @@ pub(crate) async fn revocations(
         .into_response())
 }
 
+/// One subscriber's position in the feed. Live notifications only wake it up: what
+/// it sends is always read from the table in `seq` order (commit order, see the
+/// stores), so an out-of-order or missed notification can delay an entry but never
+/// skip it.
 struct Feed {
     store: std::sync::Arc<dyn Store>,
     live: broadcast::Receiver<Revocation>,
     pending: VecDeque<Revocation>,
     last_seq: i64,
     next_resync: tokio::time::Instant,
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Feed {
-    /// Reads the table past `last_seq` (the backlog, a resync, or after lagging).
+    /// Reads the table past `last_seq`, every page of it.
     async fn catch_up(&mut self) {
-        if let Ok(rows) = self
-            .store
-            .revocations_after(self.last_seq, now(), PAGE)
-            .await
-        {
-            self.pending
-                .extend(rows.into_iter().filter(|r| r.seq > self.last_seq));
+        let mut after = self.pending.back().map_or(self.last_seq, |r| r.seq);
+        loop {
+            let Ok(rows) = self.store.revocations_after(after, now(), PAGE).await else {
+                break;
+            };
+            let full = rows.len() as i64 == PAGE;
+            after = rows.last().map_or(after, |r| r.seq);
+            self.pending.extend(rows);
+            if !full {
+                break;
+            }
         }
         self.next_resync = tokio::time::Instant::now() + RESYNC;
     }
 
-    async fn next(&mut self) -> Revocation {
+    /// The next entry, or `None` when the server is shutting down.
+    async fn next(&mut self) -> Option<Revocation> {
         loop {
             if let Some(r) = self.pending.pop_front() {
-                if r.seq > self.last_seq {
-                    self.last_seq = r.seq;
-                    return r;
-                }
-                continue;
+                self.last_seq = r.seq;
+                return Some(r);
+            }
+            if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
             }
             tokio::select! {
-                received = self.live.recv() => match received {
-                    Ok(r) => self.pending.push_back(r),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
-                    Err(broadcast::error::RecvError::Closed) => {
+                biased;
+                () = tokio::time::sleep_until(self.next_resync) => {}
+                received = self.live.recv() => {
+                    if let Err(broadcast::error::RecvError::Closed) = received {
                         tokio::time::sleep_until(self.next_resync).await;
-                        self.catch_up().await;
                     }
-                },
-                () = tokio::time::sleep_until(self.next_resync) => self.catch_up().await,
+                }
             }
+            self.catch_up().await;
         }
     }
 }
@@ -194,16 +203,19 @@ fn feed_stream(
     store: std::sync::Arc<dyn Store>,
     live: broadcast::Receiver<Revocation>,
     after: i64,
+    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let feed = Feed {
         store,
         live,
         pending: VecDeque::new(),
         last_seq: after,
+        // The backlog is read at once.
         next_resync: tokio::time::Instant::now(),
+        draining,
     };
     futures_util::stream::unfold(feed, |mut feed| async move {
-        let r = feed.next().await;
+        let r = feed.next().await?;
         let event = Event::default()
             .event("revocation")
             .id(r.seq.to_string())

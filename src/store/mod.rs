@@ -285,7 +285,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, (i64, i64)>;
     /// Until when `key` is blocked (0: not blocked).
     fn throttle_blocked_until<'a>(&'a self, key: &'a str) -> StoreFuture<'a, i64>;
-    fn throttle_block<'a>(&'a self, key: &'a str, until: i64) -> StoreFuture<'a, ()>;
+    /// Blocks `key` until `until` if it is not blocked at `now`; `false` if it was (so
+    /// of concurrent attempts past the limit, exactly one goes ahead).
+    fn throttle_claim<'a>(&'a self, key: &'a str, until: i64, now: i64) -> StoreFuture<'a, bool>;
+    /// Forgets throttle rows with nothing left to say at `now`.
+    fn throttle_prune(&self, now: i64, memory_secs: i64) -> StoreFuture<'_, ()>;
     fn throttle_clear<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
     /// Pool connections in use and idle.
     fn pool_stats(&self) -> (u32, u32);

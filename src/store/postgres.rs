@@ -66,6 +66,16 @@ impl PgStore {
         Ok(())
     }
 
+    /// `BIGSERIAL` numbers rows at insert, not at commit; holding this lock from the
+    /// insert to the commit makes the feed's order its commit order, so a reader that
+    /// has seen `seq` N has seen every committed row below it.
+    async fn lock_feed(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7365822)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// Nothing to do after commit: our own listener hears the notification too.
     fn announced(&self, _: Vec<Revocation>) {}
 }

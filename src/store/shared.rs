@@ -302,6 +302,9 @@ macro_rules! queries {
                     .fetch_all(&mut *tx)
                     .await?;
                     let ended: Vec<crate::store::Session> = rows.iter().map(session_row).collect::<Result<_, _>>()?;
+                    if !ended.is_empty() {
+                        self.lock_feed(&mut tx).await?;
+                    }
                     revocations = record_revocations(&mut tx, &ended, now, token_tail_secs).await?;
                     self.announce(&mut tx, &revocations).await?;
                 }
@@ -532,6 +535,9 @@ macro_rules! queries {
                     event.detail = detail.into();
                     insert_audit(&mut *tx, &event).await?;
                 }
+                if !revoked.is_empty() {
+                    self.lock_feed(&mut tx).await?;
+                }
                 let revocations = record_revocations(&mut tx, &revoked, event.at, token_tail_secs).await?;
                 self.announce(&mut tx, &revocations).await?;
                 tx.commit().await?;
@@ -606,11 +612,25 @@ macro_rules! queries {
             })
         }
 
-        fn throttle_block<'a>(&'a self, key: &'a str, until: i64) -> crate::store::StoreFuture<'a, ()> {
+        fn throttle_claim<'a>(&'a self, key: &'a str, until: i64, now: i64) -> crate::store::StoreFuture<'a, bool> {
             Box::pin(async move {
-                sqlx::query("UPDATE login_throttle SET blocked_until = $2 WHERE key = $1")
-                    .bind(key)
-                    .bind(until)
+                let row = sqlx::query(
+                    "UPDATE login_throttle SET blocked_until = $2 WHERE key = $1 AND blocked_until <= $3 RETURNING key",
+                )
+                .bind(key)
+                .bind(until)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
+            })
+        }
+
+        fn throttle_prune(&self, now: i64, memory_secs: i64) -> crate::store::StoreFuture<'_, ()> {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM login_throttle WHERE window_start < $1 AND blocked_until < $2")
+                    .bind(now - memory_secs)
+                    .bind(now)
                     .execute(&self.pool)
                     .await?;
                 Ok(())

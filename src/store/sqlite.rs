@@ -60,6 +60,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// SQLite has one writer: commit order is already the feed's order.
+    async fn lock_feed(&self, _: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     fn announced(&self, revocations: Vec<Revocation>) {
         for r in revocations {
             let _ = self.feed.send(r);

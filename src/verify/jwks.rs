@@ -51,6 +51,8 @@ fn algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
 pub(super) async fn fetch(http: &reqwest::Client, base_url: &str) -> Result<Fetched, String> {
     let response = http
         .get(format!("{base_url}/.well-known/jwks.json"))
+        // Per request, not per client: the same client also holds the long-lived feed.
+        .timeout(Duration::from_secs(5))
         .send()
         .await
         .map_err(|e| e.to_string())?;

@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use super::Verifier;
 
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+
 #[derive(Deserialize)]
 struct Event {
     session_id: Uuid,
@@ -65,7 +67,12 @@ async fn follow(
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
     let (mut data, mut id) = (String::new(), None::<String>);
-    while let Some(chunk) = stream.next().await {
+    // The server sends a keep-alive every 15 s: silence for longer means the connection
+    // died without closing (NAT, load balancer), and a dead feed would hide revocations.
+    while let Some(chunk) = tokio::time::timeout(IDLE_LIMIT, stream.next())
+        .await
+        .map_err(|_| "no event or keep-alive for 45 s".to_owned())?
+    {
         let chunk = chunk.map_err(|e| e.to_string())?;
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find('\n') {

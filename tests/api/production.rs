@@ -15,6 +15,7 @@ use crate::helpers::{
 
 both_stores!(
     failed_logins_back_off_per_account_without_hashing,
+    parallel_guesses_past_the_limit_get_one_try_per_window,
     attempts_are_limited_per_client_address,
     metrics_count_the_events_they_name,
     requests_carry_ids_and_limits_hold,
@@ -46,13 +47,15 @@ const HASHES: &str = "tessera_argon2_queue_wait_seconds_count";
 async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
     let app = spawn_app(backend).await;
     app.signup("victim@example.com", PASSWORD).await;
-    for _ in 0..4 {
+    for _ in 0..5 {
         assert_eq!(
             app.login("victim@example.com", "wrong password").await.0,
             StatusCode::BAD_REQUEST
         );
     }
-    // The fifth failure earns a 2 s backoff; the attempt after it is refused unhashed.
+    // Past five failures, an attempt must claim a backoff window (2 s for the sixth):
+    // the sixth goes ahead, and the attempt after it is refused unhashed, even with the
+    // right password.
     assert_eq!(
         app.login("victim@example.com", "wrong password").await.0,
         StatusCode::BAD_REQUEST
@@ -130,7 +133,8 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
         .audit_events(None, Some("login_backoff"), None, 10)
         .await
         .unwrap();
-    assert_eq!(backoffs.len(), 1);
+    // The sixth attempt and the one after its window each claimed a backoff window.
+    assert_eq!(backoffs.len(), 2);
 
     // Off means off.
     let open = spawn_app_with(backend, &[("TESSERA_LOGIN_THROTTLE", "off")]).await;
@@ -140,6 +144,49 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
             StatusCode::BAD_REQUEST
         );
     }
+}
+
+async fn parallel_guesses_past_the_limit_get_one_try_per_window(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.signup("target@example.com", PASSWORD).await;
+    for _ in 0..5 {
+        app.login("target@example.com", "wrong password").await;
+    }
+    let guesses = (0..8).map(|_| {
+        let (client, url) = (app.client.clone(), app.url("/oauth/token"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", "target@example.com"),
+                    ("password", "wrong password"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    });
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::BAD_REQUEST)
+            .count(),
+        1,
+        "one guess hashed: {statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        7
+    );
 }
 
 async fn attempts_are_limited_per_client_address(backend: Backend) {

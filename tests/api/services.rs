@@ -23,7 +23,45 @@ both_stores!(
     verifier_survives_key_rotation,
     introspection_needs_a_confidential_client_and_tracks_sessions,
     revocation_feed_pages_by_cursor,
+    concurrent_revocations_all_reach_the_stream,
 );
+
+async fn concurrent_revocations_all_reach_the_stream(backend: Backend) {
+    let app = spawn_app_with(backend, &[("TESSERA_LOGIN_THROTTLE", "off")]).await;
+    let (id, secret) = service_client(&app).await;
+    let verifier = Verifier::new(verifier_config(&app)).await.unwrap();
+    let _feed = verifier.subscribe_revocations(&id, &secret);
+    let mut tokens = Vec::new();
+    for _ in 0..24 {
+        tokens.push(s(&app.user_with_session().await.1, "access_token"));
+    }
+    // All at once: their feed entries commit in some order; none may be skipped.
+    let logouts: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let (client, url, t) = (app.client.clone(), app.url("/v1/logout"), t.clone());
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for l in logouts {
+        assert_eq!(l.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    let all = eventually(Duration::from_secs(10), || {
+        tokens
+            .iter()
+            .all(|t| verifier.verify_cached(t) == Err(VerifyError::Revoked))
+    })
+    .await;
+    assert!(all.is_some(), "every revocation reached the verifier");
+}
 
 pub async fn service_client(app: &TestApp) -> (String, String) {
     let client = app

@@ -294,6 +294,41 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// An unauthenticated GET, its body as text.
+    pub async fn text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// An unauthenticated GET, its body as JSON of type `T`.
+    pub async fn fetch<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /v1/logout` (scope local) with an access token.
+    pub async fn logout(&self, access_token: &str) -> StatusCode {
+        self.client
+            .post(self.url("/v1/logout"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     pub async fn signup(&self, email: &str, password: &str) -> (StatusCode, Value) {
         let body = serde_json::json!({"email": email, "password": password});
         json(

@@ -34,15 +34,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_documented_and_every_documented_route_exists() {
     let app = spawn_app(Backend::Sqlite).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.fetch("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
@@ -92,15 +84,7 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_page_serves_its_own_assets() {
     let app = spawn_app(Backend::Sqlite).await;
-    let page = app
-        .client
-        .get(app.url("/docs/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.text("/docs/").await;
     assert!(page.contains("swagger-ui"));
     assert!(!page.contains("https://"), "no asset from a CDN");
     for asset in [
@@ -117,14 +101,6 @@ async fn docs_page_serves_its_own_assets() {
         assert_eq!(response.status(), StatusCode::OK, "{asset}");
         assert!(response.bytes().await.unwrap().len() > 100, "{asset}");
     }
-    let init = app
-        .client
-        .get(app.url("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let init = app.text("/docs/swagger-initializer.js").await;
     assert!(init.contains("/openapi.json"));
 }

@@ -23,14 +23,7 @@ both_stores!(
 );
 
 async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.text("/metrics").await
 }
 
 /// The value of a sample line `name{labels} value` (or `name value`).

@@ -14,24 +14,8 @@ async fn instances_started_together_share_keys_sessions_and_revocations() {
         spawn_instance(&url, &secret, &[])
     );
 
-    let jwks_a = a
-        .client
-        .get(a.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let jwks_b = b
-        .client
-        .get(b.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks_a = a.text("/.well-known/jwks.json").await;
+    let jwks_b = b.text("/.well-known/jwks.json").await;
     assert_eq!(
         jwks_a, jwks_b,
         "one signing key, whichever instance started first"
@@ -53,14 +37,10 @@ async fn instances_started_together_share_keys_sessions_and_revocations() {
 
     // Log out on B: A refuses the session's refresh token and its access token on
     // live-checked routes at once.
-    let response = b
-        .client
-        .post(b.url("/v1/logout"))
-        .bearer_auth(s(&on_b, "access_token"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        b.logout(&s(&on_b, "access_token")).await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(
         a.refresh(&s(&on_b, "refresh_token")).await.0,
         StatusCode::BAD_REQUEST

@@ -162,15 +162,7 @@ async fn verifier_accepts_good_tokens_and_rejects_bad_ones(backend: Backend) {
     assert!(verifier.verify(&none).await.is_err(), "alg none");
 
     // HS256 keyed with the published public key (algorithm confusion).
-    let set: JwkSet = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let set: JwkSet = app.fetch("/.well-known/jwks.json").await;
     let x = serde_json::to_value(&set.keys[0]).unwrap()["x"]
         .as_str()
         .unwrap()
@@ -261,14 +253,7 @@ async fn verifier_learns_revocations_from_the_stream(backend: Backend) {
     let token = s(&tokens, "access_token");
     assert!(verifier.verify(&token).await.is_ok());
 
-    let response = app
-        .client
-        .post(app.url("/v1/logout"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.logout(&token).await, StatusCode::NO_CONTENT);
     let took = eventually(Duration::from_secs(5), || {
         verifier.verify_cached(&token) == Err(VerifyError::Revoked)
     })
@@ -328,15 +313,7 @@ async fn verifier_survives_key_rotation(backend: Backend) {
         2,
         "tokens were signed by the old key, then by the new one"
     );
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.fetch("/.well-known/jwks.json").await;
     assert_eq!(
         jwks["keys"].as_array().unwrap().len(),
         2,
@@ -440,14 +417,7 @@ async fn introspection_needs_a_confidential_client_and_tracks_sessions(backend: 
     );
 
     // Revoking the session makes its still-unexpired access token inactive at once.
-    let response = app
-        .client
-        .post(app.url("/v1/logout"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.logout(&access).await, StatusCode::NO_CONTENT);
     assert_eq!(
         introspect(&app, Some((&id, &secret)), &[("token", &access)])
             .await
@@ -490,12 +460,10 @@ async fn revocation_feed_pages_by_cursor(backend: Backend) {
     let (_, a) = app.user_with_session().await;
     let (_, b) = app.user_with_session().await;
     for t in [&a, &b] {
-        app.client
-            .post(app.url("/v1/logout"))
-            .bearer_auth(s(t, "access_token"))
-            .send()
-            .await
-            .unwrap();
+        assert_eq!(
+            app.logout(&s(t, "access_token")).await,
+            StatusCode::NO_CONTENT
+        );
     }
     let (status, page) = json(feed("").await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
@@ -572,15 +540,7 @@ async fn revocation_on_one_instance_reaches_a_verifier_of_another() {
         .reload_keys(tessera::http::extract::now())
         .await
         .unwrap();
-    let jwks = a
-        .client
-        .get(a.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks = a.text("/.well-known/jwks.json").await;
     assert!(jwks.contains(&new_kid));
 }
 
@@ -620,15 +580,7 @@ async fn every_signing_algorithm_end_to_end() {
             "{alg} on the server"
         );
 
-        let set: JwkSet = app
-            .client
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let set: JwkSet = app.fetch("/.well-known/jwks.json").await;
         let kid = header.kid.unwrap();
         if alg == "HS256" {
             assert!(

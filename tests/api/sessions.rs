@@ -146,14 +146,10 @@ async fn logout_scopes_end_the_right_sessions(backend: Backend) {
 
     // local (no body at all): only this session.
     let (_, d) = app.login(&email, PASSWORD).await;
-    let response = app
-        .client
-        .post(app.url("/v1/logout"))
-        .bearer_auth(s(&a2, "access_token"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&s(&a2, "access_token")).await,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(
         app.refresh(&s(&a2, "refresh_token")).await.0,
         StatusCode::BAD_REQUEST

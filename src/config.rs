@@ -51,6 +51,7 @@ pub struct Config {
     pub jwks_max_age_secs: u32,
     pub key_reload_secs: u32,
     pub password_hash_concurrency: u16,
+    pub password_hash_spare_slots: u16,
     pub password_hash_queue_timeout_ms: u32,
     pub max_body_bytes: u32,
     pub max_header_bytes: u32,

@@ -7,10 +7,18 @@
 //! allocation, zeroing or page faults per hash; at most slots x 19 MiB, let go when
 //! idle) and runs at the lowest CPU priority, so a login flood takes the idle CPU
 //! without starving the async workers that serve refreshes and verifications.
+//!
+//! The lowest priority keeps a hash from taking CPU time from a refresh, but not its
+//! caches: argon2 is memory-hard by design, and a hash on every core evicts what the
+//! other requests were running on. So while the server has other traffic (a request
+//! that did not hash finished in the last [`OTHER_TRAFFIC_WINDOW`]), `spare` slots stay
+//! empty; with nothing but password traffic, every slot hashes.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordVerifier as _;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -31,6 +39,13 @@ const PHC_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
 const WORKER_PRIORITY: u8 = 22;
 /// A worker frees its argon2 memory after this long without a job.
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
+/// Spare slots stay empty while a request that did not hash finished this recently.
+pub const OTHER_TRAFFIC_WINDOW: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Inside [`Passwords::track`]: whether the request has asked for a hash.
+    static HASHED: Cell<bool>;
+}
 
 pub const MIN_PASSWORD_BYTES: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
@@ -53,6 +68,11 @@ pub struct Passwords {
 
 struct Inner {
     slots: Arc<Semaphore>,
+    /// Slots minus the spare ones: taken as well while other traffic is present.
+    shared: Option<Arc<Semaphore>>,
+    /// When a request that did not hash last finished, in ms since `epoch` (0: never).
+    other_at: AtomicU64,
+    epoch: Instant,
     queue_timeout: Duration,
     jobs: Mutex<mpsc::Sender<Job>>,
     dummy_hash: String,
@@ -154,13 +174,16 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 impl Passwords {
-    /// Starts `slots` workers and computes the dummy hash (one argon2 run).
+    /// Starts `slots` workers and computes the dummy hash (one argon2 run). While other
+    /// traffic is present, `spare` of the slots stay empty (at least one still hashes).
     pub async fn new(
         slots: usize,
+        spare: usize,
         queue_timeout: Duration,
         wait: Option<prometheus_client::metrics::histogram::Histogram>,
     ) -> Result<Self, PasswordError> {
         let slots = slots.max(1);
+        let shared_slots = slots.saturating_sub(spare).max(1);
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..slots {
@@ -181,6 +204,9 @@ impl Passwords {
         Ok(Self {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(slots)),
+                shared: (shared_slots < slots).then(|| Arc::new(Semaphore::new(shared_slots))),
+                other_at: AtomicU64::new(0),
+                epoch: Instant::now(),
                 queue_timeout,
                 jobs: Mutex::new(tx),
                 dummy_hash,
@@ -211,18 +237,59 @@ impl Passwords {
         Ok(known && matches)
     }
 
+    /// Runs one request's handling, noting afterwards whether it hashed: requests that
+    /// did not are the "other traffic" that spare slots are kept for.
+    pub async fn track<F: Future>(&self, request: F) -> F::Output {
+        let (output, hashed) = HASHED
+            .scope(Cell::new(false), async {
+                let output = request.await;
+                (output, HASHED.with(Cell::get))
+            })
+            .await;
+        if !hashed {
+            let ms = self.inner.epoch.elapsed().as_millis();
+            let ms = u64::try_from(ms).unwrap_or(u64::MAX).max(1);
+            self.inner.other_at.store(ms, Ordering::Relaxed);
+        }
+        output
+    }
+
+    /// Whether a request that did not hash finished within the window before `now`.
+    fn other_traffic(&self, now: Instant) -> bool {
+        let at = self.inner.other_at.load(Ordering::Relaxed);
+        at != 0
+            && now.saturating_duration_since(self.inner.epoch + Duration::from_millis(at))
+                < OTHER_TRAFFIC_WINDOW
+    }
+
+    /// A slot, and while other traffic is present a shared one too (so the spare
+    /// slots stay empty), waiting at most the queue timeout for both.
+    async fn admit(&self, queued: Instant) -> Result<Vec<OwnedSemaphorePermit>, PasswordError> {
+        let shared = self
+            .inner
+            .shared
+            .as_ref()
+            .filter(|_| self.other_traffic(queued));
+        tokio::time::timeout(self.inner.queue_timeout, async {
+            let mut permits = Vec::with_capacity(2);
+            if let Some(shared) = shared {
+                permits.push(shared.clone().acquire_owned().await?);
+            }
+            permits.push(self.inner.slots.clone().acquire_owned().await?);
+            Ok::<_, tokio::sync::AcquireError>(permits)
+        })
+        .await
+        .map_err(|_| PasswordError::Busy)?
+        .map_err(|_| PasswordError::Internal)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let queued = std::time::Instant::now();
-        let permit: OwnedSemaphorePermit = tokio::time::timeout(
-            self.inner.queue_timeout,
-            self.inner.slots.clone().acquire_owned(),
-        )
-        .await
-        .map_err(|_| PasswordError::Busy)?
-        .map_err(|_| PasswordError::Internal)?;
+        let _ = HASHED.try_with(|hashed| hashed.set(true));
+        let queued = Instant::now();
+        let permit = self.admit(queued).await?;
         if let Some(wait) = &self.inner.wait {
             wait.observe(queued.elapsed().as_secs_f64());
         }
@@ -249,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() -> Result<(), PasswordError> {
-        let passwords = Passwords::new(2, Duration::from_secs(5), None).await?;
+        let passwords = Passwords::new(2, 1, Duration::from_secs(5), None).await?;
         let pw: SecretString = "correct horse battery".into();
         let hash = passwords.hash(&pw).await?;
         assert!(hash.starts_with(PHC_PREFIX));
@@ -267,7 +334,7 @@ mod tests {
     async fn hashes_are_standard_phc_and_other_parameters_still_verify() -> Result<(), PasswordError>
     {
         use argon2::password_hash::PasswordHasher as _;
-        let passwords = Passwords::new(1, Duration::from_secs(5), None).await?;
+        let passwords = Passwords::new(1, 1, Duration::from_secs(5), None).await?;
         let pw: SecretString = "correct horse battery".into();
         // Our hash checks with the argon2 crate's own verifier...
         let ours = passwords.hash(&pw).await?;
@@ -291,8 +358,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spare_slots_stay_empty_only_while_other_traffic_is_present()
+    -> Result<(), PasswordError> {
+        let passwords = Passwords::new(2, 1, Duration::from_millis(1), None).await?;
+        let pw: SecretString = "whatever password".into();
+        let shared = passwords
+            .inner
+            .shared
+            .clone()
+            .ok_or(PasswordError::Internal)?;
+        // One hash holds the only shared slot.
+        let running = shared
+            .acquire_owned()
+            .await
+            .map_err(|_| PasswordError::Internal)?;
+        // Nothing but password traffic so far: the spare slot hashes.
+        assert!(passwords.hash(&pw).await.is_ok());
+        // A request that hashed is not other traffic.
+        passwords.track(passwords.hash(&pw)).await?;
+        assert!(passwords.hash(&pw).await.is_ok());
+        // A request that did not hash: the spare slot stays empty.
+        passwords.track(async {}).await;
+        assert!(matches!(
+            passwords.hash(&pw).await,
+            Err(PasswordError::Busy)
+        ));
+        drop(running);
+        assert!(passwords.hash(&pw).await.is_ok());
+        // Once the window has passed, the spare slot is free again.
+        let now = Instant::now();
+        assert!(passwords.other_traffic(now));
+        assert!(!passwords.other_traffic(now + OTHER_TRAFFIC_WINDOW));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn full_slots_answer_busy_instead_of_queueing() -> Result<(), PasswordError> {
-        let passwords = Passwords::new(1, Duration::from_millis(1), None).await?;
+        let passwords = Passwords::new(1, 0, Duration::from_millis(1), None).await?;
         let held = passwords
             .inner
             .slots

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
@@ -153,6 +154,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     };
     let passwords = Passwords::new(
         config.password_hash_slots(),
+        usize::from(config.password_hash_spare_slots),
         Duration::from_millis(u64::from(config.password_hash_queue_timeout_ms)),
         Some(metrics.argon2_wait.clone()),
     )
@@ -252,8 +254,14 @@ impl Server {
             tracing::info!(drain_secs = drain.as_secs(), "draining: readiness is 503");
             tokio::time::sleep(drain).await;
         };
+        // Responses go out at once, not held back by Nagle's algorithm waiting for an ACK.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)

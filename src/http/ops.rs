@@ -100,7 +100,12 @@ pub async fn record_metrics(
     }
     .to_owned();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    // Probes and scrapes are not traffic that password hashing should make room for.
+    let response = if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        next.run(request).await
+    } else {
+        state.auth.passwords.track(next.run(request)).await
+    };
     let m = &state.auth.metrics;
     m.http_requests
         .get_or_create(&HttpLabels {

@@ -11,13 +11,17 @@
 //! The lowest priority keeps a hash from taking CPU time from a refresh, but not its
 //! caches: argon2 is memory-hard by design, and a hash on every core evicts what the
 //! other requests were running on. So while the server has other traffic (a request
-//! that did not hash finished in the last [`OTHER_TRAFFIC_WINDOW`]), `spare` slots stay
-//! empty; with nothing but password traffic, every slot hashes.
+//! that did not hash finished in the last [`OTHER_TRAFFIC_WINDOW`]), `spare` workers
+//! stay idle; with nothing but password traffic, every worker hashes.
+//!
+//! Each worker has its next job waiting in the queue (twice as many jobs are admitted
+//! as there are workers), so it goes from one hash to the next without a round trip
+//! through the async runtime.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordVerifier as _;
@@ -39,7 +43,7 @@ const PHC_PREFIX: &str = "$argon2id$v=19$m=19456,t=2,p=1$";
 const WORKER_PRIORITY: u8 = 22;
 /// A worker frees its argon2 memory after this long without a job.
 const IDLE_RELEASE: Duration = Duration::from_secs(30);
-/// Spare slots stay empty while a request that did not hash finished this recently.
+/// Spare workers stay idle while a request that did not hash finished this recently.
 pub const OTHER_TRAFFIC_WINDOW: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
@@ -67,12 +71,9 @@ pub struct Passwords {
 }
 
 struct Inner {
+    /// Jobs admitted at once: one hashing and one waiting per worker.
     slots: Arc<Semaphore>,
-    /// Slots minus the spare ones: taken as well while other traffic is present.
-    shared: Option<Arc<Semaphore>>,
-    /// When a request that did not hash last finished, in ms since `epoch` (0: never).
-    other_at: AtomicU64,
-    epoch: Instant,
+    gate: Arc<Gate>,
     queue_timeout: Duration,
     jobs: Mutex<mpsc::Sender<Job>>,
     dummy_hash: String,
@@ -153,9 +154,75 @@ fn lower_priority() {
     }
 }
 
+/// Where workers check in before a hash: how many hash now, and whether the server has
+/// other traffic (then at most `shared` of them may).
+struct Gate {
+    shared: usize,
+    /// How long after a request that did not hash the traffic counts as present.
+    window: Duration,
+    state: Mutex<GateState>,
+    changed: Condvar,
+    /// When a request that did not hash last finished, in ms since `epoch` (0: never).
+    other_at: AtomicU64,
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct GateState {
+    hashing: usize,
+    /// Workers holding a job until a hash ends or the other traffic stops.
+    held: usize,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // The counters stay consistent whatever panicked while the lock was held.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn note_other_traffic(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.other_at.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// How much longer than `now` the other traffic counts as present (zero: it is not).
+    fn other_traffic_left(&self, now: Instant) -> Duration {
+        match self.other_at.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            at => self.window.saturating_sub(
+                now.saturating_duration_since(self.epoch + Duration::from_millis(at)),
+            ),
+        }
+    }
+
+    /// Blocks until this worker may hash, then counts it as hashing.
+    fn enter(&self) {
+        let mut state = self.lock();
+        loop {
+            let left = self.other_traffic_left(Instant::now());
+            if state.hashing < self.shared || left.is_zero() {
+                state.hashing += 1;
+                return;
+            }
+            state.held += 1;
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.held -= 1;
+        }
+    }
+
+    fn leave(&self) {
+        self.lock().hashing -= 1;
+        self.changed.notify_one();
+    }
+}
+
 /// A worker: takes jobs until the pool is dropped. Its argon2 memory is made on first
 /// use and let go after `IDLE_RELEASE` without work, so an idle server stays small.
-fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, gate: Arc<Gate>) {
     lower_priority();
     let mut memory: Option<Vec<Block>> = None;
     loop {
@@ -165,7 +232,9 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
         };
         match job {
             Ok(job) => {
-                job(memory.get_or_insert_with(|| vec![Block::default(); M_COST_KIB as usize]))
+                gate.enter();
+                job(memory.get_or_insert_with(|| vec![Block::default(); M_COST_KIB as usize]));
+                gate.leave();
             }
             Err(mpsc::RecvTimeoutError::Timeout) => memory = None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -175,22 +244,39 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
 
 impl Passwords {
     /// Starts `slots` workers and computes the dummy hash (one argon2 run). While other
-    /// traffic is present, `spare` of the slots stay empty (at least one still hashes).
+    /// traffic is present, `spare` of the workers stay idle (at least one still hashes).
     pub async fn new(
         slots: usize,
         spare: usize,
         queue_timeout: Duration,
         wait: Option<prometheus_client::metrics::histogram::Histogram>,
     ) -> Result<Self, PasswordError> {
+        Self::with_window(slots, spare, OTHER_TRAFFIC_WINDOW, queue_timeout, wait).await
+    }
+
+    async fn with_window(
+        slots: usize,
+        spare: usize,
+        window: Duration,
+        queue_timeout: Duration,
+        wait: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> Result<Self, PasswordError> {
         let slots = slots.max(1);
-        let shared_slots = slots.saturating_sub(spare).max(1);
+        let gate = Arc::new(Gate {
+            shared: slots.saturating_sub(spare).max(1),
+            window,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            other_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..slots {
-            let rx = rx.clone();
+            let (rx, gate) = (rx.clone(), gate.clone());
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(rx))
+                .spawn(move || worker(rx, gate))
                 .map_err(|_| PasswordError::Internal)?;
         }
         let dummy_hash = tokio::task::spawn_blocking(|| {
@@ -203,10 +289,8 @@ impl Passwords {
         .map_err(|_| PasswordError::Internal)??;
         Ok(Self {
             inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(slots)),
-                shared: (shared_slots < slots).then(|| Arc::new(Semaphore::new(shared_slots))),
-                other_at: AtomicU64::new(0),
-                epoch: Instant::now(),
+                slots: Arc::new(Semaphore::new(2 * slots)),
+                gate,
                 queue_timeout,
                 jobs: Mutex::new(tx),
                 dummy_hash,
@@ -247,40 +331,9 @@ impl Passwords {
             })
             .await;
         if !hashed {
-            let ms = self.inner.epoch.elapsed().as_millis();
-            let ms = u64::try_from(ms).unwrap_or(u64::MAX).max(1);
-            self.inner.other_at.store(ms, Ordering::Relaxed);
+            self.inner.gate.note_other_traffic();
         }
         output
-    }
-
-    /// Whether a request that did not hash finished within the window before `now`.
-    fn other_traffic(&self, now: Instant) -> bool {
-        let at = self.inner.other_at.load(Ordering::Relaxed);
-        at != 0
-            && now.saturating_duration_since(self.inner.epoch + Duration::from_millis(at))
-                < OTHER_TRAFFIC_WINDOW
-    }
-
-    /// A slot, and while other traffic is present a shared one too (so the spare
-    /// slots stay empty), waiting at most the queue timeout for both.
-    async fn admit(&self, queued: Instant) -> Result<Vec<OwnedSemaphorePermit>, PasswordError> {
-        let shared = self
-            .inner
-            .shared
-            .as_ref()
-            .filter(|_| self.other_traffic(queued));
-        tokio::time::timeout(self.inner.queue_timeout, async {
-            let mut permits = Vec::with_capacity(2);
-            if let Some(shared) = shared {
-                permits.push(shared.clone().acquire_owned().await?);
-            }
-            permits.push(self.inner.slots.clone().acquire_owned().await?);
-            Ok::<_, tokio::sync::AcquireError>(permits)
-        })
-        .await
-        .map_err(|_| PasswordError::Busy)?
-        .map_err(|_| PasswordError::Internal)
     }
 
     async fn run<T: Send + 'static>(
@@ -289,7 +342,13 @@ impl Passwords {
     ) -> Result<T, PasswordError> {
         let _ = HASHED.try_with(|hashed| hashed.set(true));
         let queued = Instant::now();
-        let permit = self.admit(queued).await?;
+        let permit: OwnedSemaphorePermit = tokio::time::timeout(
+            self.inner.queue_timeout,
+            self.inner.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| PasswordError::Busy)?
+        .map_err(|_| PasswordError::Internal)?;
         if let Some(wait) = &self.inner.wait {
             wait.observe(queued.elapsed().as_secs_f64());
         }
@@ -357,38 +416,100 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn spare_slots_stay_empty_only_while_other_traffic_is_present()
-    -> Result<(), PasswordError> {
-        let passwords = Passwords::new(2, 1, Duration::from_millis(1), None).await?;
-        let pw: SecretString = "whatever password".into();
-        let shared = passwords
-            .inner
-            .shared
-            .clone()
-            .ok_or(PasswordError::Internal)?;
-        // One hash holds the only shared slot.
-        let running = shared
-            .acquire_owned()
+    /// Waits (without a timing assumption) until `done`; a test that would hang fails.
+    async fn until(done: impl Fn() -> bool) -> Result<(), PasswordError> {
+        let wait = async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
             .await
-            .map_err(|_| PasswordError::Internal)?;
-        // Nothing but password traffic so far: the spare slot hashes.
-        assert!(passwords.hash(&pw).await.is_ok());
-        // A request that hashed is not other traffic.
-        passwords.track(passwords.hash(&pw)).await?;
-        assert!(passwords.hash(&pw).await.is_ok());
-        // A request that did not hash: the spare slot stays empty.
+            .map_err(|_| PasswordError::Internal)
+    }
+
+    fn gate(passwords: &Passwords) -> MutexGuard<'_, GateState> {
+        passwords.inner.gate.lock()
+    }
+
+    /// Starts a job that hashes nothing and holds its worker until `release` is sent to;
+    /// returns that sender, a flag set when the job starts, and the job's task.
+    fn held_job(
+        passwords: &Passwords,
+    ) -> (
+        mpsc::Sender<()>,
+        Arc<std::sync::atomic::AtomicBool>,
+        tokio::task::JoinHandle<Result<(), PasswordError>>,
+    ) {
+        let (release, released) = mpsc::channel::<()>();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, flag) = (passwords.clone(), started.clone());
+        let task = tokio::spawn(async move {
+            p.run(move |_| {
+                flag.store(true, Ordering::SeqCst);
+                let _ = released.recv();
+            })
+            .await
+        });
+        (release, started, task)
+    }
+
+    #[tokio::test]
+    async fn with_only_password_traffic_every_worker_hashes() -> Result<(), PasswordError> {
+        let passwords = Passwords::new(2, 1, Duration::from_secs(5), None).await?;
+        let (release_a, _, a) = held_job(&passwords);
+        let (release_b, _, b) = held_job(&passwords);
+        // Both hash at once; with a spare worker held back this would never happen.
+        until(|| gate(&passwords).hashing == 2).await?;
+        let _ = (release_a.send(()), release_b.send(()));
+        a.await.map_err(|_| PasswordError::Internal)??;
+        b.await.map_err(|_| PasswordError::Internal)??;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn while_other_traffic_is_present_the_spare_worker_waits() -> Result<(), PasswordError> {
+        // A window far longer than the test, whatever the machine's speed.
+        let window = Duration::from_secs(3600);
+        let passwords = Passwords::with_window(2, 1, window, Duration::from_secs(5), None).await?;
+        // A request that hashed is not other traffic; one that did not is.
+        passwords
+            .track(passwords.hash(&"whatever password".into()))
+            .await?;
+        assert!(
+            passwords
+                .inner
+                .gate
+                .other_traffic_left(Instant::now())
+                .is_zero()
+        );
         passwords.track(async {}).await;
-        assert!(matches!(
-            passwords.hash(&pw).await,
-            Err(PasswordError::Busy)
-        ));
-        drop(running);
-        assert!(passwords.hash(&pw).await.is_ok());
-        // Once the window has passed, the spare slot is free again.
         let now = Instant::now();
-        assert!(passwords.other_traffic(now));
-        assert!(!passwords.other_traffic(now + OTHER_TRAFFIC_WINDOW));
+        assert!(!passwords.inner.gate.other_traffic_left(now).is_zero());
+        assert!(
+            passwords
+                .inner
+                .gate
+                .other_traffic_left(now + window)
+                .is_zero()
+        );
+
+        // The hash above has left the gate (its answer can arrive just before).
+        until(|| gate(&passwords).hashing == 0).await?;
+        let (release_a, a_started, a) = held_job(&passwords);
+        until(|| a_started.load(Ordering::SeqCst)).await?;
+        let (release_b, b_started, b) = held_job(&passwords);
+        // The second job reaches the other worker, which holds it at the gate.
+        until(|| gate(&passwords).held == 1).await?;
+        assert!(!b_started.load(Ordering::SeqCst));
+        assert_eq!(gate(&passwords).hashing, 1);
+        // When the first hash ends, the held job starts.
+        let _ = release_a.send(());
+        a.await.map_err(|_| PasswordError::Internal)??;
+        until(|| b_started.load(Ordering::SeqCst)).await?;
+        assert_eq!(gate(&passwords).held, 0);
+        let _ = release_b.send(());
+        b.await.map_err(|_| PasswordError::Internal)??;
         Ok(())
     }
 
@@ -398,7 +519,7 @@ mod tests {
         let held = passwords
             .inner
             .slots
-            .acquire()
+            .acquire_many(2)
             .await
             .map_err(|_| PasswordError::Internal)?;
         let result = passwords.hash(&"whatever password".into()).await;

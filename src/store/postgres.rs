@@ -133,6 +133,19 @@ WITH spent AS (
 SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
   FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id";
 
+/// A login's session, its first refresh token and the audit event: one statement, so
+/// one round trip (the foreign key is checked at the end of the statement).
+const CREATE_SESSION: &str = concat!(
+    "WITH session AS (INSERT INTO sessions (",
+    super::shared::session_cols!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id), \
+     token AS (INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+               SELECT $11, id, $5, $12 FROM session), \
+     audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
+               VALUES ($13, $14, $15, $16, $17, $18, $19)) \
+     SELECT id FROM session"
+);
+
 impl super::Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
@@ -192,6 +205,40 @@ impl super::Store for PgStore {
                 roles: super::roles_from(row.try_get("roles")?),
                 expires_at: row.try_get("expires_at")?,
             }))
+        })
+    }
+
+    fn create_session<'a>(
+        &'a self,
+        s: &'a super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &'a super::AuditEvent,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(CREATE_SESSION)
+                .bind(s.id)
+                .bind(s.user_id)
+                .bind(&s.client_id)
+                .bind(&s.scope)
+                .bind(s.created_at)
+                .bind(s.last_used_at)
+                .bind(s.expires_at)
+                .bind(s.revoked_at)
+                .bind(&s.user_agent)
+                .bind(&s.ip)
+                .bind(&first_token.0[..])
+                .bind(token_expires_at)
+                .bind(event.at)
+                .bind(&event.action)
+                .bind(event.user_id)
+                .bind(event.session_id)
+                .bind(event.actor_id)
+                .bind(&event.ip)
+                .bind(super::shared::audit_detail(event))
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
     }
 

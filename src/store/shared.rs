@@ -4,6 +4,15 @@
 //! Every transaction here starts with a write, so SQLite takes its write lock up front
 //! and never has to upgrade a read lock under contention.
 
+/// An audit event's detail as stored: a JSON object, `{}` when there is none.
+pub(crate) fn audit_detail(e: &crate::store::AuditEvent) -> String {
+    if e.detail.is_null() {
+        "{}".to_owned()
+    } else {
+        e.detail.to_string()
+    }
+}
+
 macro_rules! session_cols {
     () => {
         "id, user_id, client_id, scope, created_at, last_used_at, expires_at, revoked_at, user_agent, ip"
@@ -162,11 +171,6 @@ macro_rules! rows {
             ex: impl sqlx::Executor<'e, Database = Db>,
             e: &crate::store::AuditEvent,
         ) -> Result<(), sqlx::Error> {
-            let detail = if e.detail.is_null() {
-                "{}".to_owned()
-            } else {
-                e.detail.to_string()
-            };
             sqlx::query(
                 "INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -177,7 +181,7 @@ macro_rules! rows {
             .bind(e.session_id)
             .bind(e.actor_id)
             .bind(&e.ip)
-            .bind(detail)
+            .bind(crate::store::shared::audit_detail(e))
             .execute(ex)
             .await?;
             Ok(())
@@ -351,48 +355,6 @@ macro_rules! queries {
                     .fetch_all(&self.pool)
                     .await?;
                 Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
-            })
-        }
-
-        fn create_session<'a>(
-            &'a self,
-            s: &'a crate::store::Session,
-            first_token: crate::tokens::refresh::TokenHash,
-            token_expires_at: i64,
-            event: &'a crate::store::AuditEvent,
-        ) -> crate::store::StoreFuture<'a, ()> {
-            Box::pin(async move {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    crate::store::shared::session_cols!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                ))
-                .bind(s.id)
-                .bind(s.user_id)
-                .bind(&s.client_id)
-                .bind(&s.scope)
-                .bind(s.created_at)
-                .bind(s.last_used_at)
-                .bind(s.expires_at)
-                .bind(s.revoked_at)
-                .bind(&s.user_agent)
-                .bind(&s.ip)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&first_token.0[..])
-                .bind(s.id)
-                .bind(s.created_at)
-                .bind(token_expires_at)
-                .execute(&mut *tx)
-                .await?;
-                insert_audit(&mut *tx, event).await?;
-                tx.commit().await?;
-                Ok(())
             })
         }
 
@@ -679,4 +641,52 @@ macro_rules! queries {
     };
 }
 
-pub(crate) use {queries, rows, session_cols};
+/// Opening a session as one transaction of three inserts (SQLite; PostgreSQL does it in
+/// one statement).
+macro_rules! create_session_in_transaction {
+    () => {
+        fn create_session<'a>(
+            &'a self,
+            s: &'a crate::store::Session,
+            first_token: crate::tokens::refresh::TokenHash,
+            token_expires_at: i64,
+            event: &'a crate::store::AuditEvent,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(concat!(
+                    "INSERT INTO sessions (",
+                    crate::store::shared::session_cols!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(s.id)
+                .bind(s.user_id)
+                .bind(&s.client_id)
+                .bind(&s.scope)
+                .bind(s.created_at)
+                .bind(s.last_used_at)
+                .bind(s.expires_at)
+                .bind(s.revoked_at)
+                .bind(&s.user_agent)
+                .bind(&s.ip)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&first_token.0[..])
+                .bind(s.id)
+                .bind(s.created_at)
+                .bind(token_expires_at)
+                .execute(&mut *tx)
+                .await?;
+                insert_audit(&mut *tx, event).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        }
+    };
+}
+
+pub(crate) use {create_session_in_transaction, queries, rows, session_cols};

@@ -166,4 +166,5 @@ impl super::Store for SqliteStore {
     }
 
     super::shared::queries!();
+    super::shared::create_session_in_transaction!();
 }

@@ -216,26 +216,10 @@ impl super::Store for PgStore {
         event: &'a super::AuditEvent,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            sqlx::query(CREATE_SESSION)
-                .bind(s.id)
-                .bind(s.user_id)
-                .bind(&s.client_id)
-                .bind(&s.scope)
-                .bind(s.created_at)
-                .bind(s.last_used_at)
-                .bind(s.expires_at)
-                .bind(s.revoked_at)
-                .bind(&s.user_agent)
-                .bind(&s.ip)
+            let query = super::shared::bind_session!(sqlx::query(CREATE_SESSION), s)
                 .bind(&first_token.0[..])
-                .bind(token_expires_at)
-                .bind(event.at)
-                .bind(&event.action)
-                .bind(event.user_id)
-                .bind(event.session_id)
-                .bind(event.actor_id)
-                .bind(&event.ip)
-                .bind(super::shared::audit_detail(event))
+                .bind(token_expires_at);
+            super::shared::bind_audit!(query, event)
                 .execute(&self.pool)
                 .await?;
             Ok(())

@@ -13,6 +13,38 @@ pub(crate) fn audit_detail(e: &crate::store::AuditEvent) -> String {
     }
 }
 
+/// Binds a session's columns, in `session_cols!` order, to the next ten parameters.
+macro_rules! bind_session {
+    ($query:expr, $s:expr) => {
+        $query
+            .bind($s.id)
+            .bind($s.user_id)
+            .bind(&$s.client_id)
+            .bind(&$s.scope)
+            .bind($s.created_at)
+            .bind($s.last_used_at)
+            .bind($s.expires_at)
+            .bind($s.revoked_at)
+            .bind(&$s.user_agent)
+            .bind(&$s.ip)
+    };
+}
+
+/// Binds an audit event (at, action, user_id, session_id, actor_id, ip, detail) to the
+/// next seven parameters.
+macro_rules! bind_audit {
+    ($query:expr, $e:expr) => {
+        $query
+            .bind($e.at)
+            .bind(&$e.action)
+            .bind($e.user_id)
+            .bind($e.session_id)
+            .bind($e.actor_id)
+            .bind(&$e.ip)
+            .bind(crate::store::shared::audit_detail($e))
+    };
+}
+
 macro_rules! session_cols {
     () => {
         "id, user_id, client_id, scope, created_at, last_used_at, expires_at, revoked_at, user_agent, ip"
@@ -171,17 +203,13 @@ macro_rules! rows {
             ex: impl sqlx::Executor<'e, Database = Db>,
             e: &crate::store::AuditEvent,
         ) -> Result<(), sqlx::Error> {
-            sqlx::query(
-                "INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            crate::store::shared::bind_audit!(
+                sqlx::query(
+                    "INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                ),
+                e
             )
-            .bind(e.at)
-            .bind(&e.action)
-            .bind(e.user_id)
-            .bind(e.session_id)
-            .bind(e.actor_id)
-            .bind(&e.ip)
-            .bind(crate::store::shared::audit_detail(e))
             .execute(ex)
             .await?;
             Ok(())
@@ -654,21 +682,14 @@ macro_rules! create_session_in_transaction {
         ) -> crate::store::StoreFuture<'a, ()> {
             Box::pin(async move {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    crate::store::shared::session_cols!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                ))
-                .bind(s.id)
-                .bind(s.user_id)
-                .bind(&s.client_id)
-                .bind(&s.scope)
-                .bind(s.created_at)
-                .bind(s.last_used_at)
-                .bind(s.expires_at)
-                .bind(s.revoked_at)
-                .bind(&s.user_agent)
-                .bind(&s.ip)
+                crate::store::shared::bind_session!(
+                    sqlx::query(concat!(
+                        "INSERT INTO sessions (",
+                        crate::store::shared::session_cols!(),
+                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    )),
+                    s
+                )
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
@@ -689,4 +710,6 @@ macro_rules! create_session_in_transaction {
     };
 }
 
-pub(crate) use {create_session_in_transaction, queries, rows, session_cols};
+pub(crate) use {
+    bind_audit, bind_session, create_session_in_transaction, queries, rows, session_cols,
+};

@@ -195,14 +195,15 @@ impl Gate {
         }
     }
 
-    /// Blocks until this worker may hash, then counts it as hashing.
-    fn enter(&self) {
+    /// Blocks until this worker may hash; it counts as hashing until the guard drops
+    /// (also if the job panics, so a lost worker never holds the others back).
+    fn enter(&self) -> Hashing<'_> {
         let mut state = self.lock();
         loop {
             let left = self.other_traffic_left(Instant::now());
             if state.hashing < self.shared || left.is_zero() {
                 state.hashing += 1;
-                return;
+                return Hashing(self);
             }
             state.held += 1;
             state = self
@@ -213,10 +214,14 @@ impl Gate {
             state.held -= 1;
         }
     }
+}
 
-    fn leave(&self) {
-        self.lock().hashing -= 1;
-        self.changed.notify_one();
+struct Hashing<'a>(&'a Gate);
+
+impl Drop for Hashing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().hashing -= 1;
+        self.0.changed.notify_one();
     }
 }
 
@@ -232,9 +237,8 @@ fn worker(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, gate: Arc<Gate>) {
         };
         match job {
             Ok(job) => {
-                gate.enter();
+                let _hashing = gate.enter();
                 job(memory.get_or_insert_with(|| vec![Block::default(); M_COST_KIB as usize]));
-                gate.leave();
             }
             Err(mpsc::RecvTimeoutError::Timeout) => memory = None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -452,6 +456,20 @@ mod tests {
             .await
         });
         (release, started, task)
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_gives_back_its_place_at_the_gate() -> Result<(), PasswordError> {
+        let window = Duration::from_secs(3600);
+        let passwords = Passwords::with_window(2, 1, window, Duration::from_secs(5), None).await?;
+        // Other traffic: one worker at a time may hash.
+        passwords.track(async {}).await;
+        let lost = passwords.run(|_| panic!("a job that panics")).await;
+        assert!(matches!(lost, Err::<(), _>(PasswordError::Internal)));
+        until(|| gate(&passwords).hashing == 0).await?;
+        // The other worker still hashes.
+        assert!(passwords.hash(&"whatever password".into()).await.is_ok());
+        Ok(())
     }
 
     #[tokio::test]

@@ -136,6 +136,17 @@ async fn sessions(client: &reqwest::Client, base: &str, n: usize) -> Vec<String>
     out
 }
 
+/// One call of the token endpoint, which must answer 200.
+async fn token_grant(
+    client: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    let response = client.post(url).form(form).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{} failed", form[0].1);
+    response
+}
+
 async fn http_refresh_chains(client: &reqwest::Client, base: &str, c: usize, secs: u64) -> Run {
     let tokens = sessions(client, base, c).await;
     let states: Vec<_> = tokens
@@ -143,17 +154,15 @@ async fn http_refresh_chains(client: &reqwest::Client, base: &str, c: usize, sec
         .map(|t| (client.clone(), format!("{base}/oauth/token"), t))
         .collect();
     drive(states, secs, |(client, url, token)| async move {
-        let response = client
-            .post(&url)
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", token.as_str()),
-            ])
-            .send()
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token.as_str()),
+        ];
+        let body: serde_json::Value = token_grant(&client, &url, &form)
+            .await
+            .json()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "refresh failed");
-        let body: serde_json::Value = response.json().await.unwrap();
         (
             client,
             url,
@@ -304,18 +313,12 @@ async fn login_loop(client: &reqwest::Client, base: &str, emails: Vec<String>, s
         .map(|e| (client.clone(), format!("{base}/oauth/token"), e))
         .collect();
     drive(states, secs, |(client, url, email)| async move {
-        let response = client
-            .post(&url)
-            .form(&[
-                ("grant_type", "password"),
-                ("username", email.as_str()),
-                ("password", "benchmark password"),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "login failed");
-        let _ = response.bytes().await;
+        let form = [
+            ("grant_type", "password"),
+            ("username", email.as_str()),
+            ("password", "benchmark password"),
+        ];
+        let _ = token_grant(&client, &url, &form).await.bytes().await;
         (client, url, email)
     })
     .await

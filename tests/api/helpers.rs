@@ -155,9 +155,11 @@ pub async fn fresh_pg_database() -> String {
                     .fetch_all(&mut admin)
                     .await
                     .unwrap_or_default();
-            let run_started = RUN_ID.get_or_init(run_id);
+            // A database belongs to the test process whose id is in its name: drop it
+            // only once that process is gone, so parallel runs leave each other alone.
             for (name,) in stale {
-                if !name.starts_with(&format!("tessera_t_{run_started}")) {
+                let owner = name.split('_').nth(2).unwrap_or_default();
+                if !std::path::Path::new("/proc").join(owner).exists() {
                     let _ = admin
                         .execute(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

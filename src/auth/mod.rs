@@ -281,23 +281,14 @@ impl Auth {
         let user = match user {
             Some(user) if password_ok && user.disabled_at.is_none() => user,
             user => {
-                self.metrics.login(LoginOutcome::failed);
                 let reason = match &user {
                     None => "unknown_user",
                     Some(_) if !password_ok => "wrong_password",
                     Some(_) => "user_disabled",
                 };
-                self.store
-                    .record(&AuditEvent {
-                        at: now,
-                        action: "login_failed".into(),
-                        user_id: user.map(|u| u.id),
-                        ip: caller.ip.clone(),
-                        detail: serde_json::json!({"reason": reason, "client_id": client_id}),
-                        ..AuditEvent::default()
-                    })
-                    .await?;
-                return Err(AuthError::InvalidGrant("invalid username or password"));
+                return self
+                    .login_failed(user.map(|u| u.id), reason, &client_id, caller, now)
+                    .await;
             }
         };
 
@@ -324,9 +315,16 @@ impl Auth {
             detail: serde_json::json!({"client_id": client_id}),
             ..AuditEvent::default()
         };
-        self.store
+        let created = self
+            .store
             .create_session(&session, refresh_token.hash(), token_expires_at, &event)
             .await?;
+        if !created {
+            // An admin disabled the user while the password was being checked.
+            return self
+                .login_failed(Some(user.id), "user_disabled", &client_id, caller, now)
+                .await;
+        }
         self.metrics.login(LoginOutcome::ok);
         self.login_succeeded(&user.email).await?;
         Ok(self.grant(
@@ -338,6 +336,30 @@ impl Auth {
             refresh_token,
             now,
         ))
+    }
+
+    /// Counts and audits a refused password grant; always `invalid_grant`, whatever
+    /// the reason, so the answer does not tell which part was wrong.
+    async fn login_failed(
+        &self,
+        user_id: Option<Uuid>,
+        reason: &str,
+        client_id: &str,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        self.metrics.login(LoginOutcome::failed);
+        self.store
+            .record(&AuditEvent {
+                at: now,
+                action: "login_failed".into(),
+                user_id,
+                ip: caller.ip.clone(),
+                detail: serde_json::json!({"reason": reason, "client_id": client_id}),
+                ..AuditEvent::default()
+            })
+            .await?;
+        Err(AuthError::InvalidGrant("invalid username or password"))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -239,14 +239,16 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a rotation; `false` when another instance rotated first.
     fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool>;
 
-    /// A new session with its first refresh token.
+    /// A new session with its first refresh token and its audit event, written only if
+    /// the user is (still) enabled, in the same statement or transaction: `false`, and
+    /// nothing written, when the user was disabled or deleted meanwhile.
     fn create_session<'a>(
         &'a self,
         session: &'a Session,
         first_token: TokenHash,
         token_expires_at: i64,
         event: &'a AuditEvent,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, bool>;
     /// Spends `parent` and issues the successor in one statement: `None` when the parent is
     /// not spendable (unknown, spent, expired, revoked session, disabled user).
     fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;

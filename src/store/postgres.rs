@@ -134,15 +134,19 @@ SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.role
   FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id";
 
 /// A login's session, its first refresh token and the audit event: one statement, so
-/// one round trip (the foreign key is checked at the end of the statement).
+/// one round trip (the foreign key is checked at the end of the statement). Nothing is
+/// written unless the user is enabled; `FOR SHARE` makes a disable that is committing
+/// now wait for this statement, or this statement see the disable, so a login racing
+/// an admin's disable never leaves a session the disable missed.
 const CREATE_SESSION: &str = concat!(
-    "WITH session AS (INSERT INTO sessions (",
+    "WITH enabled AS (SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE), \
+     session AS (INSERT INTO sessions (",
     super::shared::session_cols!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id), \
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM enabled RETURNING id), \
      token AS (INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
                SELECT $11, id, $5, $12 FROM session), \
      audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
-               VALUES ($13, $14, $15, $16, $17, $18, $19)) \
+               SELECT $13, $14, $15, $16, $17, $18, $19 FROM session) \
      SELECT id FROM session"
 );
 
@@ -214,15 +218,15 @@ impl super::Store for PgStore {
         first_token: crate::tokens::refresh::TokenHash,
         token_expires_at: i64,
         event: &'a super::AuditEvent,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let query = super::shared::bind_session!(sqlx::query(CREATE_SESSION), s)
                 .bind(&first_token.0[..])
                 .bind(token_expires_at);
-            super::shared::bind_audit!(query, event)
-                .execute(&self.pool)
+            let created = super::shared::bind_audit!(query, event)
+                .fetch_optional(&self.pool)
                 .await?;
-            Ok(())
+            Ok(created.is_some())
         })
     }
 

@@ -669,47 +669,4 @@ macro_rules! queries {
     };
 }
 
-/// Opening a session as one transaction of three inserts (SQLite; PostgreSQL does it in
-/// one statement).
-macro_rules! create_session_in_transaction {
-    () => {
-        fn create_session<'a>(
-            &'a self,
-            s: &'a crate::store::Session,
-            first_token: crate::tokens::refresh::TokenHash,
-            token_expires_at: i64,
-            event: &'a crate::store::AuditEvent,
-        ) -> crate::store::StoreFuture<'a, ()> {
-            Box::pin(async move {
-                let mut tx = self.pool.begin().await?;
-                crate::store::shared::bind_session!(
-                    sqlx::query(concat!(
-                        "INSERT INTO sessions (",
-                        crate::store::shared::session_cols!(),
-                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                    )),
-                    s
-                )
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&first_token.0[..])
-                .bind(s.id)
-                .bind(s.created_at)
-                .bind(token_expires_at)
-                .execute(&mut *tx)
-                .await?;
-                insert_audit(&mut *tx, event).await?;
-                tx.commit().await?;
-                Ok(())
-            })
-        }
-    };
-}
-
-pub(crate) use {
-    bind_audit, bind_session, create_session_in_transaction, queries, rows, session_cols,
-};
+pub(crate) use {bind_audit, bind_session, queries, rows, session_cols};

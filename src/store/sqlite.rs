@@ -165,6 +165,48 @@ impl super::Store for SqliteStore {
         })
     }
 
+    /// One write transaction whose first statement inserts the session only if the
+    /// user is enabled: SQLite's single writer orders it against a disable.
+    fn create_session<'a>(
+        &'a self,
+        s: &'a super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &'a super::AuditEvent,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let created = super::shared::bind_session!(
+                sqlx::query(concat!(
+                    "INSERT INTO sessions (",
+                    super::shared::session_cols!(),
+                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS \
+                     (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
+                )),
+                s
+            )
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !created {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&first_token.0[..])
+            .bind(s.id)
+            .bind(s.created_at)
+            .bind(token_expires_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_audit(&mut *tx, event).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
     super::shared::queries!();
-    super::shared::create_session_in_transaction!();
 }

@@ -1,0 +1,378 @@
+//! Abuse resistance (issue 10): the grace window's replay cap, bounded revocation
+//! streams fed by one reader per instance, and a login that races an admin's disable.
+//! Each test reproduced its hole on the code before the fix.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::both_stores;
+use crate::helpers::{Backend, PASSWORD, TestApp, json, s, spawn_app, spawn_app_with};
+use crate::refresh::audit_actions;
+use crate::services::service_client;
+
+both_stores!(
+    grace_replays_are_capped_and_a_refused_one_keeps_the_session,
+    revocation_streams_are_capped_per_client_and_in_total,
+    many_streams_cost_one_store_read_per_revocation,
+    a_disabled_user_gets_no_new_session,
+);
+
+/// A refresh grant sent from `ip` (through the trusted loopback proxy) as `agent`.
+async fn refresh_from(app: &TestApp, token: &str, ip: &str, agent: &str) -> (StatusCode, Value) {
+    json(
+        app.client
+            .post(app.url("/oauth/token"))
+            .header("x-forwarded-for", ip)
+            .header("user-agent", agent)
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn grace_replays_are_capped_and_a_refused_one_keeps_the_session(backend: Backend) {
+    let app = spawn_app_with(backend, &[("TESSERA_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let (_, first) = app.user_with_session().await;
+    let parent = s(&first, "refresh_token");
+    let (status, rotated) = refresh_from(&app, &parent, "203.0.113.1", "tab-a").await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let successor = s(&rotated, "refresh_token");
+
+    // A stolen parent replayed from elsewhere: the default cap allows three replays...
+    for n in 1..=3 {
+        let (status, body) = refresh_from(&app, &parent, "198.51.100.7", "thief").await;
+        assert_eq!(status, StatusCode::OK, "replay {n}: {body}");
+        assert_eq!(s(&body, "refresh_token"), successor, "replay {n}");
+    }
+    // ...and no more, without revoking the session.
+    let (status, body) = refresh_from(&app, &parent, "198.51.100.7", "thief").await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into()),
+        "a fourth replay is refused: {body}"
+    );
+    assert!(
+        audit_actions(&app, "refresh_token_reuse").await.is_empty(),
+        "a refused replay is not judged reuse"
+    );
+    let (status, body) = refresh_from(&app, &successor, "203.0.113.1", "tab-a").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the holder keeps its successor: {body}"
+    );
+
+    // The audit trail says the replays came from another address and agent.
+    let replays = audit_actions(&app, "refresh_grace_replay").await;
+    assert_eq!(replays.len(), 3);
+    for r in &replays {
+        assert_eq!(r.event.ip.as_deref(), Some("198.51.100.7"));
+        assert_eq!(r.event.detail["ip_differs"], true, "{}", r.event.detail);
+        assert_eq!(r.event.detail["user_agent_differs"], true);
+        assert_eq!(r.event.detail["rotated_from_ip"], "203.0.113.1");
+    }
+    let refused = audit_actions(&app, "refresh_grace_replay_refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].event.detail["ip_differs"], true);
+
+    // A retry from the rotating tab itself is recorded as such.
+    let (_, second) = app.user_with_session().await;
+    let parent = s(&second, "refresh_token");
+    refresh_from(&app, &parent, "203.0.113.1", "tab-a").await;
+    let (status, _) = refresh_from(&app, &parent, "203.0.113.1", "tab-a").await;
+    assert_eq!(status, StatusCode::OK);
+    let latest = &audit_actions(&app, "refresh_grace_replay").await[0];
+    assert_eq!(latest.event.detail["ip_differs"], false);
+    assert_eq!(latest.event.detail["user_agent_differs"], false);
+
+    // The cap is configurable; 0 allows no replay at all.
+    let app = spawn_app_with(backend, &[("TESSERA_REFRESH_GRACE_MAX_REPLAYS", "0")]).await;
+    let (_, first) = app.user_with_session().await;
+    let parent = s(&first, "refresh_token");
+    let (_, rotated) = app.refresh(&parent).await;
+    assert_eq!(app.refresh(&parent).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.refresh(&s(&rotated, "refresh_token")).await.0,
+        StatusCode::OK
+    );
+}
+
+/// Opens a revocation stream; the response (headers read) or its status.
+async fn open_stream(app: &TestApp, id: &str, secret: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/v1/revocations"))
+        .basic_auth(id, Some(secret))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn revocation_streams_are_capped_per_client_and_in_total(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("TESSERA_REVOCATION_STREAMS_PER_CLIENT", "2"),
+            ("TESSERA_REVOCATION_STREAMS_MAX", "3"),
+        ],
+    )
+    .await;
+    let (a, a_secret) = service_client(&app).await;
+    let (b, b_secret) = service_client(&app).await;
+    let a1 = open_stream(&app, &a, &a_secret).await;
+    let a2 = open_stream(&app, &a, &a_secret).await;
+    assert_eq!((a1.status(), a2.status()), (StatusCode::OK, StatusCode::OK));
+
+    let refused = open_stream(&app, &a, &a_secret).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a third stream of one client is over its cap"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+    let (_, body) = json(refused).await;
+    assert_eq!(s(&body, "error"), "too_many_streams", "{body}");
+
+    let b1 = open_stream(&app, &b, &b_secret).await;
+    assert_eq!(b1.status(), StatusCode::OK);
+    let b2 = open_stream(&app, &b, &b_secret).await;
+    assert_eq!(
+        b2.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a fourth stream in all is over the total cap"
+    );
+
+    // A closed stream gives its place back (once the server sees the disconnect).
+    drop(a1);
+    let mut reopened = None;
+    for _ in 0..100 {
+        let r = open_stream(&app, &b, &b_secret).await;
+        if r.status() == StatusCode::OK {
+            reopened = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "the place of a closed stream is reused");
+}
+
+/// Reads a stream until it has delivered an event naming `session_id`.
+async fn next_event_names(response: &mut reqwest::Response, session_id: &str) -> bool {
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), response.chunk()).await {
+            Ok(Ok(Some(bytes))) => {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+                if seen.contains(session_id) {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Store reads of the revocation feed so far, from `/metrics`.
+async fn feed_reads(app: &TestApp) -> u64 {
+    app.text("/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_revocation_feed_reads_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn many_streams_cost_one_store_read_per_revocation(backend: Backend) {
+    const STREAMS: usize = 5_000;
+    // Each stream is two descriptors in this process (client and server): one such
+    // test at a time keeps the suite well inside the open-file limit.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("TESSERA_REVOCATION_STREAMS_PER_CLIENT", "5000"),
+            ("TESSERA_REVOCATION_STREAMS_MAX", "5000"),
+            // No periodic resync during the test: every read is one a revocation caused.
+            ("TESSERA_REVOCATION_RESYNC_SECS", "3600"),
+        ],
+    )
+    .await;
+    let (id, secret) = service_client(&app).await;
+    let mut streams = Vec::with_capacity(STREAMS);
+    for batch in 0..STREAMS / 250 {
+        let opened =
+            futures_util::future::join_all((0..250).map(|_| open_stream(&app, &id, &secret))).await;
+        for r in opened {
+            assert_eq!(r.status(), StatusCode::OK, "stream in batch {batch}");
+            streams.push(r);
+        }
+    }
+    // Each stream read its backlog once when it opened; wait for the last of those.
+    for _ in 0..600 {
+        if feed_reads(&app).await >= STREAMS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = feed_reads(&app).await;
+
+    let (_, tokens) = app.user_with_session().await;
+    let session_id = s(
+        &app.get("/v1/me", &s(&tokens, "access_token")).await.1,
+        "session_id",
+    );
+    assert_eq!(
+        app.logout(&s(&tokens, "access_token")).await,
+        StatusCode::NO_CONTENT
+    );
+    let delivered = futures_util::future::join_all(
+        streams.iter_mut().map(|r| next_event_names(r, &session_id)),
+    )
+    .await;
+    assert_eq!(
+        delivered.iter().filter(|d| **d).count(),
+        STREAMS,
+        "every stream delivered the revocation"
+    );
+    assert_eq!(
+        feed_reads(&app).await - before,
+        1,
+        "{STREAMS} streams, one revocation: one store read"
+    );
+}
+
+async fn a_disabled_user_gets_no_new_session(backend: Backend) {
+    // Through the store: a session for a disabled user is refused.
+    let app = spawn_app(backend).await;
+    let (_, tokens) = app.user_with_session().await;
+    let (_, me) = app.get("/v1/me", &s(&tokens, "access_token")).await;
+    let user_id: uuid::Uuid = s(&me, "id").parse().unwrap();
+    let (_, admin) = app.admin_session().await;
+    let (status, _) = app
+        .post_json(
+            &format!("/v1/admin/users/{user_id}/disable"),
+            &s(&admin, "access_token"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let now = tessera::http::extract::now();
+    let session = tessera::store::Session {
+        id: uuid::Uuid::now_v7(),
+        user_id,
+        client_id: "app".into(),
+        scope: String::new(),
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + 3600,
+        revoked_at: None,
+        user_agent: None,
+        ip: None,
+    };
+    let token = tessera::tokens::refresh::RefreshToken::generate();
+    let _ = app
+        .state
+        .auth
+        .store
+        .create_session(&session, token.hash(), now + 3600, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        app.state
+            .auth
+            .store
+            .session(session.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "no session for a disabled user"
+    );
+}
+
+/// A login whose password check passed while an admin disabled the user in between:
+/// the session insert waits behind a lock while the disable commits (the moment the
+/// race needs), and must then refuse, or the disable misses the new session and its
+/// access tokens never reach the revocation feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_racing_a_disable_opens_no_session() {
+    let app = spawn_app_with(Backend::Postgres, &[("TESSERA_LOGIN_THROTTLE", "off")]).await;
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let (_, user) = app.signup(&email, PASSWORD).await;
+    let user_id: uuid::Uuid = s(&user, "id").parse().unwrap();
+
+    let mut db = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let login = {
+        let (client, url, email) = (app.client.clone(), app.url("/oauth/token"), email.clone());
+        tokio::spawn(async move {
+            let form = [
+                ("grant_type", "password"),
+                ("username", email.as_str()),
+                ("password", PASSWORD),
+            ];
+            json(client.post(url).form(&form).send().await.unwrap()).await
+        })
+    };
+    // Wait (bounded) until the login has checked the password and waits to insert.
+    let mut monitor = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut waiting = false;
+    for _ in 0..1200 {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND query ILIKE '%INSERT INTO sessions%'",
+        )
+        .fetch_one(&mut monitor)
+        .await
+        .unwrap();
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the login reached its session insert");
+    // What an admin's disable does, committed now.
+    let now = tessera::http::extract::now();
+    sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let (status, body) = login.await.unwrap();
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into()),
+        "a login that lost the race to a disable gets no tokens: {body}"
+    );
+    let (live,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .fetch_one(&mut monitor)
+            .await
+            .unwrap();
+    assert_eq!(live, 0, "no live session of a disabled user");
+}

@@ -42,6 +42,7 @@ pub struct Config {
     pub refresh_token_ttl_secs: u32,
     pub session_max_age_secs: u32,
     pub refresh_grace_secs: u32,
+    pub refresh_grace_max_replays: u32,
     pub signup_enabled: bool,
     pub secret_key: SecretString,
     pub signing_alg: String,

@@ -33,6 +33,7 @@ pub enum LoginOutcome {
 pub enum RefreshOutcome {
     ok,
     replayed_in_grace,
+    replay_refused,
     reuse_detected,
 }
 

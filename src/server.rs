@@ -169,6 +169,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         refresh_token_ttl: i64::from(config.refresh_token_ttl_secs),
         session_max_age: i64::from(config.session_max_age_secs),
         refresh_grace: i64::from(config.refresh_grace_secs),
+        refresh_grace_max_replays: i64::from(config.refresh_grace_max_replays),
         signup_enabled: config.signup_enabled,
     };
     Ok(AppState {

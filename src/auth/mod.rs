@@ -99,6 +99,7 @@ pub struct Policy {
     pub refresh_token_ttl: i64,
     pub session_max_age: i64,
     pub refresh_grace: i64,
+    pub refresh_grace_max_replays: i64,
     pub signup_enabled: bool,
 }
 

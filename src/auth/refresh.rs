@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use super::rules::{self, Decision, Rejection};
+use super::rules::{self, Decision, Grace, Rejection};
 use super::{Auth, AuthError, Caller, Grant, RequestClient, validate};
 use crate::metrics::RefreshOutcome;
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
@@ -26,13 +26,17 @@ impl Auth {
         let client_id = validate::client_id(client.id())?;
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
-        if let Some(grant) = self.rotate(&parent, client_id, now).await? {
+        if let Some(grant) = self.rotate(&parent, client_id, caller, now).await? {
             return Ok(grant);
         }
         let Some(state) = self.store.token_state(parent.hash()).await? else {
             return Err(AuthError::InvalidGrant(UNUSABLE));
         };
-        match rules::judge(&state, client_id, now, self.policy.refresh_grace) {
+        let grace = Grace {
+            secs: self.policy.refresh_grace,
+            max_replays: self.policy.refresh_grace_max_replays,
+        };
+        match rules::judge(&state, client_id, now, grace) {
             Decision::Replay => self.replay(&parent, &state, caller, now).await,
             Decision::Reuse(kind) => {
                 self.metrics.refresh(RefreshOutcome::reuse_detected);
@@ -68,10 +72,13 @@ impl Auth {
                 }
                 Err(AuthError::InvalidGrant(Rejection::WrongClient.describe()))
             }
+            Decision::Reject(Rejection::ReplaysExhausted) => {
+                self.replay_refused(&state, caller, now).await
+            }
             Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
             // The winner of a race rolled back: one more attempt, never a loop.
             Decision::Rotate => self
-                .rotate(&parent, client_id, now)
+                .rotate(&parent, client_id, caller, now)
                 .await?
                 .ok_or(AuthError::InvalidGrant(UNUSABLE)),
         }
@@ -81,6 +88,7 @@ impl Auth {
         &self,
         parent: &RefreshToken,
         client_id: Option<&str>,
+        caller: &Caller,
         now: i64,
     ) -> Result<Option<Grant>, AuthError> {
         let successor = RefreshToken::generate();
@@ -91,6 +99,8 @@ impl Auth {
             now,
             ttl_secs: self.policy.refresh_token_ttl,
             client_id: client_id.map(str::to_owned),
+            caller_ip: caller.ip.clone(),
+            caller_agent: agent_fingerprint(caller.user_agent.as_deref()),
         };
         let Some(r) = self.store.rotate(&rotation).await? else {
             return Ok(None);
@@ -108,7 +118,8 @@ impl Auth {
     }
 
     /// A retry inside the grace window: the same successor, unsealed with the parent,
-    /// and a fresh access token.
+    /// and a fresh access token, if the parent has a replay left (claimed atomically
+    /// with its audit event, so concurrent replays cannot pass the cap).
     async fn replay(
         &self,
         parent: &RefreshToken,
@@ -121,18 +132,15 @@ impl Auth {
             .as_deref()
             .and_then(|sealed| parent.open(sealed))
             .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
-        self.metrics.refresh(RefreshOutcome::replayed_in_grace);
-        self.store
-            .record(&AuditEvent {
-                at: now,
-                action: "refresh_grace_replay".into(),
-                user_id: Some(state.session.user_id),
-                session_id: Some(state.session.id),
-                ip: caller.ip.clone(),
-                detail: serde_json::json!({"spent_at": state.spent_at}),
-                ..AuditEvent::default()
-            })
+        let event = replay_event("refresh_grace_replay", state, caller, now);
+        let claimed = self
+            .store
+            .claim_replay(parent.hash(), self.policy.refresh_grace_max_replays, &event)
             .await?;
+        if !claimed {
+            return self.replay_refused(state, caller, now).await;
+        }
+        self.metrics.refresh(RefreshOutcome::replayed_in_grace);
         let s = &state.session;
         Ok(self.grant(
             s.user_id,
@@ -142,6 +150,23 @@ impl Auth {
             state.roles.clone(),
             successor,
             now,
+        ))
+    }
+
+    /// A grace replay past the cap: refused and audited, the session left alone (its
+    /// holder may be the one with the successor).
+    async fn replay_refused(
+        &self,
+        state: &TokenState,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        self.metrics.refresh(RefreshOutcome::replay_refused);
+        let mut event = replay_event("refresh_grace_replay_refused", state, caller, now);
+        event.detail["max_replays"] = self.policy.refresh_grace_max_replays.into();
+        self.store.record(&event).await?;
+        Err(AuthError::InvalidGrant(
+            Rejection::ReplaysExhausted.describe(),
         ))
     }
 
@@ -176,4 +201,42 @@ impl Auth {
         }
         Ok(())
     }
+}
+
+/// A grace replay's audit event: whether the replaying address and user agent differ
+/// from those of the rotation that spent the token (`null` where either is unknown).
+fn replay_event(action: &str, state: &TokenState, caller: &Caller, now: i64) -> AuditEvent {
+    fn differs<T: PartialEq>(then: Option<T>, now: Option<T>) -> serde_json::Value {
+        match (then, now) {
+            (Some(a), Some(b)) => (a != b).into(),
+            _ => serde_json::Value::Null,
+        }
+    }
+    AuditEvent {
+        at: now,
+        action: action.into(),
+        user_id: Some(state.session.user_id),
+        session_id: Some(state.session.id),
+        ip: caller.ip.clone(),
+        detail: serde_json::json!({
+            "spent_at": state.spent_at,
+            "rotated_from_ip": state.spent_ip,
+            "ip_differs": differs(state.spent_ip.as_deref(), caller.ip.as_deref()),
+            "user_agent_differs": differs(
+                state.spent_agent,
+                agent_fingerprint(caller.user_agent.as_deref()),
+            ),
+        }),
+        ..AuditEvent::default()
+    }
+}
+
+/// A user agent as a 64-bit fingerprint: enough to tell two apart, and the token rows
+/// do not carry the text.
+fn agent_fingerprint(agent: Option<&str>) -> Option<i64> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(agent?.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Some(i64::from_be_bytes(first))
 }

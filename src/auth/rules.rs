@@ -12,6 +12,8 @@ pub enum Rejection {
     SessionExpired,
     TokenExpired,
     WrongClient,
+    /// A retry inside the grace window after the parent's replays were used up.
+    ReplaysExhausted,
 }
 
 impl Rejection {
@@ -22,6 +24,9 @@ impl Rejection {
             Rejection::SessionExpired => "the session has expired",
             Rejection::TokenExpired => "the refresh token has expired",
             Rejection::WrongClient => "the refresh token was issued to another client",
+            Rejection::ReplaysExhausted => {
+                "the refresh token was already rotated and retried too often; use its successor"
+            }
         }
     }
 }
@@ -56,8 +61,19 @@ pub enum Decision {
     Rotate,
 }
 
+/// The grace window: how long after a rotation, and how many times, a retry with the
+/// spent parent gets its successor back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    pub secs: i64,
+    /// Replays per parent. A few tabs racing need one or two; past the cap a replay is
+    /// refused without revoking the session, so a thief replaying a stolen parent
+    /// cannot mint access tokens at will, and cannot log the holder out either.
+    pub max_replays: i64,
+}
+
 /// Judges a refresh token that the rotation statement did not spend.
-pub fn judge(state: &TokenState, client_id: Option<&str>, now: i64, grace_secs: i64) -> Decision {
+pub fn judge(state: &TokenState, client_id: Option<&str>, now: i64, grace: Grace) -> Decision {
     if state.session.revoked_at.is_some() {
         return Decision::Reject(Rejection::SessionRevoked);
     }
@@ -77,17 +93,19 @@ pub fn judge(state: &TokenState, client_id: Option<&str>, now: i64, grace_secs: 
             Decision::Rotate
         };
     };
-    let in_window = grace_secs > 0 && now - spent_at <= grace_secs;
+    let in_window = grace.secs > 0 && now - spent_at <= grace.secs;
     if !in_window {
         return Decision::Reuse(Reuse::OutsideGrace);
     }
     let successor_usable = !state.successor_spent
         && state.successor_expires_at.is_some_and(|e| e > now)
         && state.sealed_successor.is_some();
-    if successor_usable {
-        Decision::Replay
-    } else {
+    if !successor_usable {
         Decision::Reuse(Reuse::SuccessorUsed)
+    } else if state.replays >= grace.max_replays {
+        Decision::Reject(Rejection::ReplaysExhausted)
+    } else {
+        Decision::Replay
     }
 }
 
@@ -97,7 +115,10 @@ mod tests {
     use crate::store::Session;
     use uuid::Uuid;
 
-    const GRACE: i64 = 10;
+    const GRACE: Grace = Grace {
+        secs: 10,
+        max_replays: 3,
+    };
 
     /// A token issued at 1000, spent at 1100, whose successor is unspent.
     fn spent_token() -> TokenState {
@@ -122,6 +143,9 @@ mod tests {
             sealed_successor: Some(vec![1, 2, 3]),
             successor_spent: false,
             successor_expires_at: Some(3000),
+            replays: 0,
+            spent_ip: None,
+            spent_agent: None,
         }
     }
 
@@ -168,7 +192,7 @@ mod tests {
     #[test]
     fn zero_grace_disables_replay() {
         assert_eq!(
-            judge(&spent_token(), None, 1100, 0),
+            judge(&spent_token(), None, 1100, Grace { secs: 0, ..GRACE }),
             Decision::Reuse(Reuse::OutsideGrace)
         );
     }
@@ -238,6 +262,36 @@ mod tests {
         assert_eq!(
             judge(&state, None, 1105, GRACE),
             Decision::Reuse(Reuse::SuccessorUsed)
+        );
+    }
+
+    #[test]
+    fn replays_stop_at_the_cap_without_harm_to_the_session() {
+        let state = TokenState {
+            replays: 2,
+            ..spent_token()
+        };
+        assert_eq!(judge(&state, None, 1105, GRACE), Decision::Replay);
+        let state = TokenState {
+            replays: 3,
+            ..spent_token()
+        };
+        assert_eq!(
+            judge(&state, None, 1105, GRACE),
+            Decision::Reject(Rejection::ReplaysExhausted)
+        );
+        let none = Grace {
+            max_replays: 0,
+            ..GRACE
+        };
+        assert_eq!(
+            judge(&spent_token(), None, 1105, none),
+            Decision::Reject(Rejection::ReplaysExhausted)
+        );
+        // Past the window it is reuse, however many replays were left.
+        assert_eq!(
+            judge(&spent_token(), None, 1111, GRACE),
+            Decision::Reuse(Reuse::OutsideGrace)
         );
     }
 }

@@ -141,6 +141,9 @@ pub struct Rotation {
     pub ttl_secs: i64,
     /// When the caller named a client, the token must have been issued to it.
     pub client_id: Option<String>,
+    /// Who rotated: kept on the parent, so a grace replay from elsewhere is told apart.
+    pub caller_ip: Option<String>,
+    pub caller_agent: Option<i64>,
 }
 
 /// What a successful rotation returns: enough to mint the access token.
@@ -166,6 +169,11 @@ pub struct TokenState {
     pub sealed_successor: Option<Vec<u8>>,
     pub successor_spent: bool,
     pub successor_expires_at: Option<i64>,
+    /// Grace replays the spent token has had.
+    pub replays: i64,
+    /// The address and user-agent fingerprint of the rotation that spent it.
+    pub spent_ip: Option<String>,
+    pub spent_agent: Option<i64>,
 }
 
 /// A key rotation, applied atomically: add `key` (unless a key created at or after
@@ -253,6 +261,15 @@ pub trait Store: Send + Sync + 'static {
     /// not spendable (unknown, spent, expired, revoked session, disabled user).
     fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;
     fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
+    /// Counts one grace replay of the spent token `hash` and records `event`, both only
+    /// if it has had fewer than `max_replays` and its successor is still unspent: of
+    /// concurrent replays at the cap, exactly the allowed number win.
+    fn claim_replay<'a>(
+        &'a self,
+        hash: TokenHash,
+        max_replays: i64,
+        event: &'a AuditEvent,
+    ) -> StoreFuture<'a, bool>;
     fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;
     fn live_sessions(&self, user_id: Uuid, now: i64) -> StoreFuture<'_, Vec<Session>>;
     /// The session's user if the session is live and the user enabled: the live check
@@ -358,6 +375,15 @@ macro_rules! migrations {
                     "../../migrations/",
                     $backend,
                     "/0003_login_throttle.sql"
+                )),
+            ),
+            (
+                5,
+                "grace_replays",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0005_grace_replays.sql"
                 )),
             ),
         ]

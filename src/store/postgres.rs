@@ -115,7 +115,7 @@ fn migrator() -> Migrator {
 const ROTATE: &str = "
 WITH spent AS (
     UPDATE refresh_tokens AS t
-       SET spent_at = $3, successor_hash = $2, sealed_successor = $4
+       SET spent_at = $3, successor_hash = $2, sealed_successor = $4, spent_ip = $7, spent_agent = $8
       FROM sessions AS s JOIN users AS u ON u.id = s.user_id
      WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
        AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
@@ -148,6 +148,16 @@ const CREATE_SESSION: &str = concat!(
      audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
                SELECT $13, $14, $15, $16, $17, $18, $19 FROM session) \
      SELECT id FROM session"
+);
+
+/// A grace replay's count and its audit event: one statement, so the event is written
+/// exactly when the replay is allowed.
+const CLAIM_REPLAY: &str = concat!(
+    "WITH claimed AS (",
+    super::shared::claim_replay_sql!(),
+    "), audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
+               SELECT $3, $4, $5, $6, $7, $8, $9 FROM claimed) \
+     SELECT replays FROM claimed"
 );
 
 impl super::Store for PgStore {
@@ -198,6 +208,8 @@ impl super::Store for PgStore {
                 .bind(&r.sealed_successor)
                 .bind(r.ttl_secs)
                 .bind(&r.client_id)
+                .bind(&r.caller_ip)
+                .bind(r.caller_agent)
                 .fetch_optional(&self.pool)
                 .await?;
             let Some(row) = row else { return Ok(None) };
@@ -227,6 +239,23 @@ impl super::Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
             Ok(created.is_some())
+        })
+    }
+
+    fn claim_replay<'a>(
+        &'a self,
+        hash: crate::tokens::refresh::TokenHash,
+        max_replays: i64,
+        event: &'a super::AuditEvent,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let query = sqlx::query(CLAIM_REPLAY)
+                .bind(&hash.0[..])
+                .bind(max_replays);
+            let claimed = super::shared::bind_audit!(query, event)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(claimed.is_some())
         })
     }
 

@@ -13,6 +13,18 @@ pub(crate) fn audit_detail(e: &crate::store::AuditEvent) -> String {
     }
 }
 
+/// The conditional count of one grace replay (the same SQL on both stores; a literal,
+/// so PostgreSQL can embed it in a statement with `concat!`).
+macro_rules! claim_replay_sql {
+    () => {
+        "UPDATE refresh_tokens SET replays = replays + 1 \
+         WHERE hash = $1 AND replays < $2 AND NOT EXISTS ( \
+           SELECT 1 FROM refresh_tokens AS c \
+            WHERE c.hash = refresh_tokens.successor_hash AND c.spent_at IS NOT NULL) \
+         RETURNING replays"
+    };
+}
+
 /// Binds a session's columns, in `session_cols!` order, to the next ten parameters.
 macro_rules! bind_session {
     ($query:expr, $s:expr) => {
@@ -395,6 +407,7 @@ macro_rules! queries {
                     "SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, \
                             s.expires_at, s.revoked_at, s.user_agent, s.ip, u.roles, u.disabled_at, \
                             t.issued_at, t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
+                            t.replays, t.spent_ip, t.spent_agent, \
                             c.spent_at AS successor_spent_at, c.expires_at AS successor_expires_at \
                      FROM refresh_tokens t \
                      JOIN sessions s ON s.id = t.session_id \
@@ -417,6 +430,9 @@ macro_rules! queries {
                     sealed_successor: row.try_get("sealed_successor")?,
                     successor_spent: successor_spent_at.is_some(),
                     successor_expires_at: row.try_get("successor_expires_at")?,
+                    replays: row.try_get("replays")?,
+                    spent_ip: row.try_get("spent_ip")?,
+                    spent_agent: row.try_get("spent_agent")?,
                 }))
             })
         }
@@ -669,4 +685,4 @@ macro_rules! queries {
     };
 }
 
-pub(crate) use {bind_audit, bind_session, queries, rows, session_cols};
+pub(crate) use {bind_audit, bind_session, claim_replay_sql, queries, rows, session_cols};

@@ -117,7 +117,8 @@ impl super::Store for SqliteStore {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
             let spent = sqlx::query(
-                "UPDATE refresh_tokens SET spent_at = $3, successor_hash = $2, sealed_successor = $4 \
+                "UPDATE refresh_tokens SET spent_at = $3, successor_hash = $2, sealed_successor = $4, \
+                   spent_ip = $6, spent_agent = $7 \
                  WHERE hash = $1 AND spent_at IS NULL AND expires_at > $3 AND EXISTS ( \
                    SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
                     WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL \
@@ -130,6 +131,8 @@ impl super::Store for SqliteStore {
             .bind(r.now)
             .bind(&r.sealed_successor)
             .bind(&r.client_id)
+            .bind(&r.caller_ip)
+            .bind(r.caller_agent)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(spent) = spent else { return Ok(None) };
@@ -202,6 +205,28 @@ impl super::Store for SqliteStore {
             .bind(token_expires_at)
             .execute(&mut *tx)
             .await?;
+            insert_audit(&mut *tx, event).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn claim_replay<'a>(
+        &'a self,
+        hash: crate::tokens::refresh::TokenHash,
+        max_replays: i64,
+        event: &'a super::AuditEvent,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let claimed = sqlx::query(super::shared::claim_replay_sql!())
+                .bind(&hash.0[..])
+                .bind(max_replays)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if claimed.is_none() {
+                return Ok(false);
+            }
             insert_audit(&mut *tx, event).await?;
             tx.commit().await?;
             Ok(true)

@@ -66,6 +66,9 @@ pub struct Config {
     pub metrics_token: SecretString,
     pub log_format: String,
     pub shutdown_drain_secs: u32,
+    pub revocation_streams_per_client: u32,
+    pub revocation_streams_max: u32,
+    pub revocation_resync_secs: u32,
     pub database_acquire_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
@@ -144,6 +147,7 @@ impl Config {
                 "database_acquire_timeout_ms",
                 self.database_acquire_timeout_ms,
             ),
+            ("revocation_resync_secs", self.revocation_resync_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

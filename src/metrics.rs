@@ -71,6 +71,10 @@ pub struct Metrics {
     revocations: Family<Reason, Counter>,
     pub argon2_wait: Histogram,
     pool: Family<PoolState, Gauge>,
+    /// Store reads of the revocation feed (pages, stream backlogs, the shared reader).
+    pub feed_reads: Counter,
+    /// Revocation streams open on this instance.
+    pub feed_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +95,18 @@ impl Metrics {
         let revocations = Family::default();
         let argon2_wait = Histogram::new(latency_buckets());
         let pool = Family::default();
+        let feed_reads = Counter::default();
+        let feed_streams = Gauge::default();
+        registry.register(
+            "revocation_feed_reads",
+            "Store reads of the revocation feed",
+            feed_reads.clone(),
+        );
+        registry.register(
+            "revocation_streams",
+            "Revocation streams open on this instance",
+            feed_streams.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -131,6 +147,8 @@ impl Metrics {
             revocations,
             argon2_wait,
             pool,
+            feed_reads,
+            feed_streams,
         }
     }
 

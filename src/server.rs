@@ -172,7 +172,17 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         refresh_grace_max_replays: i64::from(config.refresh_grace_max_replays),
         signup_enabled: config.signup_enabled,
     };
+    let feed = crate::http::feed::FeedHub::new(
+        store.clone(),
+        metrics.clone(),
+        crate::http::feed::StreamLimits {
+            per_client: config.revocation_streams_per_client as usize,
+            total: config.revocation_streams_max as usize,
+        },
+        Duration::from_secs(u64::from(config.revocation_resync_secs)),
+    );
     Ok(AppState {
+        feed,
         auth: Arc::new(Auth::new(AuthParts {
             store,
             passwords,
@@ -245,13 +255,18 @@ impl Server {
     ) -> Result<(), StartError> {
         let keeper = tokio::spawn(keep_keys(self.state.auth.clone(), self.key_reload));
         let _stop_keeper = AbortOnDrop(keeper);
+        let _stop_feed = AbortOnDrop(tokio::spawn(self.state.feed.clone().run()));
         let app = http::router(self.state.clone(), &self.http);
         // Readiness turns 503 first, so load balancers stop sending; then the listener
         // closes and in-flight requests finish.
         let (draining, drain) = (self.state.draining.clone(), self.drain);
+        let feed = self.state.feed.clone();
         let shutdown = async move {
             shutdown.await;
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Revocation streams never end by themselves: end them, so verifiers
+            // reconnect to another instance and in-flight requests can finish.
+            feed.close();
             tracing::info!(drain_secs = drain.as_secs(), "draining: readiness is 503");
             tokio::time::sleep(drain).await;
         };

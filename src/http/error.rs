@@ -53,6 +53,14 @@ impl ApiError {
         }
     }
 
+    /// Adds `Retry-After` (seconds) to the response.
+    pub fn retry_after(self, secs: u32) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..self
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -5,6 +5,7 @@ mod admin;
 pub mod client_addr;
 pub mod error;
 pub mod extract;
+pub mod feed;
 mod oauth;
 pub mod openapi;
 mod ops;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// Set on shutdown: readiness answers 503 while in-flight requests finish.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The revocation feed's one reader and its streams.
+    pub feed: Arc<feed::FeedHub>,
 }
 
 /// Transport limits and browser access, from the configuration.

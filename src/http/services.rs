@@ -1,7 +1,6 @@
 //! For backend services (confidential clients): RFC 7662 introspection and the
 //! revocation feed, as JSON pages or a live Server-Sent Events stream.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,20 +11,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use super::extract::{BasicAuth, OAuthParams, QueryParams, now};
+use super::feed::OverCap;
 use super::oauth::request_client;
 use super::{ApiError, AppState};
 use crate::auth::RequestClient;
-use crate::store::{Revocation, Store};
+use crate::store::Revocation;
 
-const PAGE: i64 = 1000;
-/// The stream re-reads the feed table this often, so a notification lost between
-/// instances (a listener reconnecting) costs at most this much delay.
-const RESYNC: Duration = Duration::from_secs(5);
+/// A client refused a stream may try again after this long.
+const STREAM_RETRY_AFTER_SECS: u32 = 5;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,14 +29,15 @@ pub fn router() -> Router<AppState> {
         .route("/v1/revocations", get(revocations))
 }
 
+/// The authenticated confidential client's id.
 async fn confidential(
     state: &AppState,
     basic: Option<(String, String)>,
     id: Option<&str>,
     secret: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     match request_client(state, basic, id, secret).await? {
-        RequestClient::Authenticated(_) => Ok(()),
+        RequestClient::Authenticated(id) => Ok(id),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -96,16 +93,16 @@ pub(crate) struct FeedPage {
 /// pages (`?after=<cursor>`), or with `Accept: text/event-stream` a live stream that
 /// starts after `Last-Event-ID` (or `after`).
 #[utoipa::path(get, path = "/v1/revocations", tag = "services", security(("basic" = [])),
-    description = "Ended sessions whose access tokens may still be unexpired. JSON pages, or with Accept: text/event-stream a live Server-Sent Events stream (event: revocation, id: seq; resumable with Last-Event-ID).",
+    description = "Ended sessions whose access tokens may still be unexpired. JSON pages, or with Accept: text/event-stream a live Server-Sent Events stream (event: revocation, id: seq; resumable with Last-Event-ID). Streams are capped per client and per instance: past a cap, 503 too_many_streams with Retry-After.",
     params(("after" = Option<String>, Query, description = "cursor of the previous page")),
-    responses((status = 200, body = FeedPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+    responses((status = 200, body = FeedPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 503, description = "Too many open streams, or the store is unavailable (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revocations(
     State(state): State<AppState>,
     BasicAuth(basic): BasicAuth,
     headers: HeaderMap,
     QueryParams(q): QueryParams<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    confidential(&state, basic, None, None).await?;
+    let client_id = confidential(&state, basic, None, None).await?;
     let from_header = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -120,17 +117,31 @@ pub(crate) async fn revocations(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let store = state.auth.store.clone();
     if wants_stream {
-        // Subscribe before reading the backlog, so nothing falls between the two.
-        let live = store.subscribe_revocations();
-        let stream = feed_stream(store, live, after, state.draining.clone());
+        let slot = state.feed.admit(&client_id).map_err(|over| {
+            let which = match over {
+                OverCap::Client => "this client has as many revocation streams open as it may",
+                OverCap::Total => "this instance has as many revocation streams open as it may",
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", which)
+                .retry_after(STREAM_RETRY_AFTER_SECS)
+        })?;
+        let subscriber = state.feed.subscribe(slot, after);
+        let stream = futures_util::stream::unfold(subscriber, |mut feed| async move {
+            let r = feed.next().await?;
+            let event = Event::default()
+                .event("revocation")
+                .id(r.seq.to_string())
+                .data(serde_json::to_string(&r).unwrap_or_default());
+            Some((Ok::<_, Infallible>(event), feed))
+        });
         return Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response());
     }
-    let page = store
-        .revocations_after(after, now(), PAGE)
+    let page = state
+        .feed
+        .read_after(after, now(), 1)
         .await
         .map_err(crate::auth::AuthError::from)?;
     let cursor = page.last().map_or(after, |r| r.seq).to_string();
@@ -142,84 +153,4 @@ pub(crate) async fn revocations(
         }),
     )
         .into_response())
-}
-
-/// One subscriber's position in the feed. Live notifications only wake it up: what
-/// it sends is always read from the table in `seq` order (commit order, see the
-/// stores), so an out-of-order or missed notification can delay an entry but never
-/// skip it.
-struct Feed {
-    store: std::sync::Arc<dyn Store>,
-    live: broadcast::Receiver<Revocation>,
-    pending: VecDeque<Revocation>,
-    last_seq: i64,
-    next_resync: tokio::time::Instant,
-    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Feed {
-    /// Reads the table past `last_seq`, every page of it.
-    async fn catch_up(&mut self) {
-        let mut after = self.pending.back().map_or(self.last_seq, |r| r.seq);
-        loop {
-            let Ok(rows) = self.store.revocations_after(after, now(), PAGE).await else {
-                break;
-            };
-            let full = rows.len() as i64 == PAGE;
-            after = rows.last().map_or(after, |r| r.seq);
-            self.pending.extend(rows);
-            if !full {
-                break;
-            }
-        }
-        self.next_resync = tokio::time::Instant::now() + RESYNC;
-    }
-
-    /// The next entry, or `None` when the server is shutting down.
-    async fn next(&mut self) -> Option<Revocation> {
-        loop {
-            if let Some(r) = self.pending.pop_front() {
-                self.last_seq = r.seq;
-                return Some(r);
-            }
-            if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(self.next_resync) => {}
-                received = self.live.recv() => {
-                    if let Err(broadcast::error::RecvError::Closed) = received {
-                        tokio::time::sleep_until(self.next_resync).await;
-                    }
-                }
-            }
-            self.catch_up().await;
-        }
-    }
-}
-
-fn feed_stream(
-    store: std::sync::Arc<dyn Store>,
-    live: broadcast::Receiver<Revocation>,
-    after: i64,
-    draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let feed = Feed {
-        store,
-        live,
-        pending: VecDeque::new(),
-        last_seq: after,
-        // The backlog is read at once.
-        next_resync: tokio::time::Instant::now(),
-        draining,
-    };
-    futures_util::stream::unfold(feed, |mut feed| async move {
-        let r = feed.next().await?;
-        let event = Event::default()
-            .event("revocation")
-            .id(r.seq.to_string())
-            .data(serde_json::to_string(&r).unwrap_or_default());
-        Some((Ok(event), feed))
-    })
 }

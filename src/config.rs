@@ -69,6 +69,10 @@ pub struct Config {
     pub revocation_streams_per_client: u32,
     pub revocation_streams_max: u32,
     pub revocation_resync_secs: u32,
+    pub janitor_interval_secs: u32,
+    pub janitor_batch: u32,
+    pub prune_after_secs: u32,
+    pub audit_retention_days: u32,
     pub database_acquire_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
@@ -148,11 +152,24 @@ impl Config {
                 self.database_acquire_timeout_ms,
             ),
             ("revocation_resync_secs", self.revocation_resync_secs),
+            ("janitor_batch", self.janitor_batch),
+            ("audit_retention_days", self.audit_retention_days),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        // A session is deleted this long after it ended: its access tokens must have
+        // expired by then, or introspection could not tell them apart from unknown ones.
+        let token_tail = u64::from(self.access_token_ttl_secs) + u64::from(self.refresh_grace_secs);
+        if u64::from(self.prune_after_secs) <= token_tail {
+            return Err(invalid(
+                "prune_after_secs (TESSERA_PRUNE_AFTER_SECS)",
+                format!(
+                    "must exceed the access-token lifetime plus the grace window ({token_tail} s)"
+                ),
+            ));
         }
         if !matches!(self.login_throttle.as_str(), "on" | "off") {
             return Err(invalid(

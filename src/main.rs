@@ -36,6 +36,9 @@ enum Command {
     Keys(KeysCommand),
     /// Exit 0 if the server at TESSERA_LISTEN answers /healthz (container HEALTHCHECK).
     Healthcheck,
+    /// Delete what can no longer matter (what the server's janitor does every
+    /// TESSERA_JANITOR_INTERVAL_SECS), for cron; prints the rows deleted per table.
+    Prune,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +138,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                     response.status()
                 )))
             }
+        }
+        Command::Prune => {
+            let state = server::build_state(&config).await?;
+            let pruned = state
+                .auth
+                .prune(tessera::http::extract::now())
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            println!("{}", serde_json::json!({ "pruned": pruned }));
+            Ok(())
         }
         Command::Migrate => {
             let store = server::open_store(&config).await?;

@@ -75,6 +75,12 @@ pub struct Metrics {
     pub feed_reads: Counter,
     /// Revocation streams open on this instance.
     pub feed_streams: Gauge,
+    pruned: Family<Table, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Table {
+    table: &'static str,
 }
 
 impl Default for Metrics {
@@ -97,6 +103,12 @@ impl Metrics {
         let pool = Family::default();
         let feed_reads = Counter::default();
         let feed_streams = Gauge::default();
+        let pruned = Family::<Table, Counter>::default();
+        registry.register(
+            "pruned_rows",
+            "Rows the janitor deleted, by table",
+            pruned.clone(),
+        );
         registry.register(
             "revocation_feed_reads",
             "Store reads of the revocation feed",
@@ -149,6 +161,7 @@ impl Metrics {
             pool,
             feed_reads,
             feed_streams,
+            pruned,
         }
     }
 
@@ -168,6 +181,10 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc_by(sessions as u64);
+    }
+
+    pub fn pruned(&self, table: &'static str, rows: u64) {
+        self.pruned.get_or_create(&Table { table }).inc_by(rows);
     }
 
     pub fn logins(&self, outcome: LoginOutcome) -> u64 {

@@ -181,9 +181,15 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         },
         Duration::from_secs(u64::from(config.revocation_resync_secs)),
     );
+    let janitor = crate::auth::JanitorPolicy {
+        keep_after_secs: i64::from(config.prune_after_secs),
+        audit_retention_secs: i64::from(config.audit_retention_days) * 86_400,
+        batch: i64::from(config.janitor_batch),
+    };
     Ok(AppState {
         feed,
         auth: Arc::new(Auth::new(AuthParts {
+            janitor,
             store,
             passwords,
             access,
@@ -211,6 +217,7 @@ pub struct Server {
     state: AppState,
     http: http::HttpSettings,
     key_reload: Duration,
+    janitor_interval: Duration,
     drain: Duration,
 }
 
@@ -235,6 +242,7 @@ impl Server {
             },
             drain: Duration::from_secs(u64::from(config.shutdown_drain_secs)),
             key_reload: Duration::from_secs(u64::from(config.key_reload_secs)),
+            janitor_interval: Duration::from_secs(u64::from(config.janitor_interval_secs)),
         })
     }
 
@@ -256,6 +264,12 @@ impl Server {
         let keeper = tokio::spawn(keep_keys(self.state.auth.clone(), self.key_reload));
         let _stop_keeper = AbortOnDrop(keeper);
         let _stop_feed = AbortOnDrop(tokio::spawn(self.state.feed.clone().run()));
+        let _stop_janitor = (!self.janitor_interval.is_zero()).then(|| {
+            AbortOnDrop(tokio::spawn(janitor(
+                self.state.auth.clone(),
+                self.janitor_interval,
+            )))
+        });
         let app = http::router(self.state.clone(), &self.http);
         // Readiness turns 503 first, so load balancers stop sending; then the listener
         // closes and in-flight requests finish.
@@ -286,9 +300,22 @@ impl Server {
     }
 }
 
+/// Every `period`, the janitor's run (see `auth::janitor`).
+async fn janitor(auth: Arc<Auth>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match auth.prune(unix_now()).await {
+            Ok(pruned) => tracing::debug!(?pruned, "janitor run"),
+            Err(e) => tracing::warn!(error = %e, "janitor run failed; trying again next period"),
+        }
+    }
+}
+
 /// Every instance, every `period`: rotate the signing key if it is due (only one
-/// instance succeeds), re-read the keys so rotations made anywhere take effect, and
-/// forget expired login-throttle counters.
+/// instance succeeds) and re-read the keys so rotations made anywhere take effect.
 async fn keep_keys(auth: Arc<Auth>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,9 +328,6 @@ async fn keep_keys(auth: Arc<Auth>, period: Duration) {
         }
         if let Err(e) = auth.reload_keys(now).await {
             tracing::warn!(error = %e, "signing key reload failed; keeping the current keys");
-        }
-        if let Err(e) = auth.prune_throttle(now).await {
-            tracing::warn!(error = %e, "pruning login throttle counters failed");
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod clients;
 mod introspect;
+pub mod janitor;
 pub mod keys;
 mod refresh;
 pub mod rules;
@@ -25,6 +26,7 @@ use crate::tokens::refresh::RefreshToken;
 
 pub use clients::NewClient;
 pub use introspect::Introspection;
+pub use janitor::JanitorPolicy;
 pub use keys::KeyPolicy;
 pub use sessions::{LogoutScope, RevokeOutcome};
 pub use throttle::ThrottlePolicy;
@@ -147,6 +149,7 @@ pub struct Auth {
     pub metrics: Arc<Metrics>,
     pub key_policy: KeyPolicy,
     pub throttle: ThrottlePolicy,
+    pub janitor: JanitorPolicy,
     keys: RwLock<Arc<KeySet>>,
     clients: clients::ClientCache,
 }
@@ -160,6 +163,7 @@ pub struct AuthParts {
     pub key_policy: KeyPolicy,
     pub policy: Policy,
     pub throttle: ThrottlePolicy,
+    pub janitor: JanitorPolicy,
     pub metrics: Arc<Metrics>,
 }
 
@@ -172,6 +176,7 @@ impl Auth {
             policy: parts.policy,
             key_policy: parts.key_policy,
             throttle: parts.throttle,
+            janitor: parts.janitor,
             metrics: parts.metrics,
             clients: clients::ClientCache::default(),
             keys: RwLock::new(Arc::new(parts.keys)),

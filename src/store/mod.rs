@@ -197,6 +197,60 @@ pub struct Revocation {
     pub expires_at: i64,
 }
 
+/// Rows the janitor deletes once they can no longer matter (see `auth::janitor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prunable {
+    /// Refresh tokens that expired before the cutoff.
+    RefreshTokens,
+    /// Sessions that ended (revoked or expired) before the cutoff, with their tokens.
+    Sessions,
+    /// Revocation-feed rows whose access tokens expired before the cutoff.
+    Revocations,
+    /// Audit events older than the cutoff.
+    AuditEvents,
+}
+
+impl Prunable {
+    pub const ALL: [Prunable; 4] = [
+        Prunable::Sessions,
+        Prunable::RefreshTokens,
+        Prunable::Revocations,
+        Prunable::AuditEvents,
+    ];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Prunable::RefreshTokens => "refresh_tokens",
+            Prunable::Sessions => "sessions",
+            Prunable::Revocations => "revocations",
+            Prunable::AuditEvents => "audit_events",
+        }
+    }
+
+    /// One batch: at most `$2` rows older than `$1`, oldest first where it matters.
+    /// The same SQL on both stores.
+    pub(crate) fn delete_batch_sql(self) -> &'static str {
+        match self {
+            Prunable::RefreshTokens => {
+                "DELETE FROM refresh_tokens WHERE hash IN \
+                 (SELECT hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)"
+            }
+            Prunable::Sessions => {
+                "DELETE FROM sessions WHERE id IN \
+                 (SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)"
+            }
+            Prunable::Revocations => {
+                "DELETE FROM revocations WHERE seq IN \
+                 (SELECT seq FROM revocations WHERE expires_at < $1 ORDER BY seq LIMIT $2)"
+            }
+            Prunable::AuditEvents => {
+                "DELETE FROM audit_events WHERE id IN \
+                 (SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)"
+            }
+        }
+    }
+}
+
 /// Which sessions a revocation ends.
 #[derive(Debug, Clone, Copy)]
 pub enum Revoke {
@@ -310,6 +364,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets throttle rows with nothing left to say at `now`.
     fn throttle_prune(&self, now: i64, memory_secs: i64) -> StoreFuture<'_, ()>;
     fn throttle_clear<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+    /// Deletes one batch of `what` older than `before` in a short transaction of its
+    /// own; `None` when another instance is pruning right now (PostgreSQL).
+    fn prune_batch(&self, what: Prunable, before: i64, batch: i64) -> StoreFuture<'_, Option<u64>>;
     /// Pool connections in use and idle.
     fn pool_stats(&self) -> (u32, u32);
 
@@ -385,6 +442,11 @@ macro_rules! migrations {
                     $backend,
                     "/0005_grace_replays.sql"
                 )),
+            ),
+            (
+                7,
+                "janitor",
+                include_str!(concat!("../../migrations/", $backend, "/0007_janitor.sql")),
             ),
         ]
     };

@@ -242,6 +242,32 @@ impl super::Store for PgStore {
         })
     }
 
+    fn prune_batch(
+        &self,
+        what: super::Prunable,
+        before: i64,
+        batch: i64,
+    ) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            // One instance prunes at a time; the others skip this round.
+            let (ours,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock(7365823)")
+                .fetch_one(&mut *tx)
+                .await?;
+            if !ours {
+                return Ok(None);
+            }
+            let deleted = sqlx::query(what.delete_batch_sql())
+                .bind(before)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(Some(deleted))
+        })
+    }
+
     fn claim_replay<'a>(
         &'a self,
         hash: crate::tokens::refresh::TokenHash,

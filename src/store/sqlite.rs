@@ -211,6 +211,23 @@ impl super::Store for SqliteStore {
         })
     }
 
+    fn prune_batch(
+        &self,
+        what: super::Prunable,
+        before: i64,
+        batch: i64,
+    ) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let deleted = sqlx::query(what.delete_batch_sql())
+                .bind(before)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            Ok(Some(deleted))
+        })
+    }
+
     fn claim_replay<'a>(
         &'a self,
         hash: crate::tokens::refresh::TokenHash,

@@ -221,3 +221,18 @@ fn client_create_prints_the_secret_once_and_keys_rotate_adds_a_key() {
     );
     assert!(new["retires_at"].is_null());
 }
+
+#[test]
+fn prune_runs_the_janitor_once_for_cron() {
+    let dir = temp_dir();
+    let output = tessera().arg("prune").current_dir(&dir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for table in ["refresh_tokens", "sessions", "revocations", "audit_events"] {
+        assert_eq!(printed["pruned"][table], 0, "{printed}");
+    }
+}

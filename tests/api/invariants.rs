@@ -30,3 +30,23 @@ pub async fn check(app: &TestApp) {
     assert_eq!(counts[0], 0, "a session with two unspent refresh tokens");
     assert_eq!(counts[1], 0, "a spent token whose successor is missing");
 }
+
+/// A `SELECT COUNT(*) ... WHERE ... = $1` straight from the database.
+pub async fn count(app: &TestApp, sql: &str, id: uuid::Uuid) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if app.database_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}

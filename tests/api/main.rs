@@ -9,6 +9,7 @@ mod accounts;
 mod admin;
 mod cli;
 mod invariants;
+mod lifecycle;
 mod logs;
 mod openapi;
 mod production;

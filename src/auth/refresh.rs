@@ -37,33 +37,23 @@ impl Auth {
             max_replays: self.policy.refresh_grace_max_replays,
         };
         match rules::judge(&state, client_id, now, grace) {
-            Decision::Replay => self.replay(&parent, &state, caller, now).await,
-            Decision::Reuse(kind) => {
-                self.metrics.refresh(RefreshOutcome::reuse_detected);
-                tracing::warn!(session_id = %state.session.id, case = kind.as_str(), "refresh token reuse: session revoked");
-                let event = AuditEvent {
-                    at: now,
-                    action: "refresh_token_reuse".into(),
-                    user_id: Some(state.session.user_id),
-                    session_id: Some(state.session.id),
-                    ip: caller.ip.clone(),
-                    detail: serde_json::json!({
-                        "case": kind.as_str(),
-                        "spent_at": state.spent_at,
-                        "user_agent": caller.user_agent,
-                    }),
-                    ..AuditEvent::default()
-                };
-                self.revoke_sessions(
-                    Revoke::Session(state.session.id),
-                    "refresh_token_reuse",
-                    event,
-                )
-                .await?;
-                Err(AuthError::InvalidGrant(
-                    "the refresh token was already used; the session has been revoked",
-                ))
+            Decision::Replay => {
+                if let Some(grant) = self.replay(&parent, &state, caller, now).await? {
+                    return Ok(grant);
+                }
+                // The claim lost: the cap was reached by a parallel replay, or the
+                // successor was used meanwhile. Judge what the store says now, once.
+                let state = self
+                    .store
+                    .token_state(parent.hash())
+                    .await?
+                    .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
+                match rules::judge(&state, client_id, now, grace) {
+                    Decision::Reuse(kind) => self.reuse(&state, kind, caller, now).await,
+                    _ => self.replay_refused(&parent, &state, caller, now).await,
+                }
             }
+            Decision::Reuse(kind) => self.reuse(&state, kind, caller, now).await,
             Decision::Reject(Rejection::WrongClient) => {
                 // An unknown client is a client error; a known one holding another
                 // client's token is a grant error.
@@ -73,7 +63,7 @@ impl Auth {
                 Err(AuthError::InvalidGrant(Rejection::WrongClient.describe()))
             }
             Decision::Reject(Rejection::ReplaysExhausted) => {
-                self.replay_refused(&state, caller, now).await
+                self.replay_refused(&parent, &state, caller, now).await
             }
             Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
             // The winner of a race rolled back: one more attempt, never a loop.
@@ -82,6 +72,40 @@ impl Auth {
                 .await?
                 .ok_or(AuthError::InvalidGrant(UNUSABLE)),
         }
+    }
+
+    /// A spent token presented again: the session is compromised, revoke it whole.
+    async fn reuse(
+        &self,
+        state: &TokenState,
+        kind: rules::Reuse,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        self.metrics.refresh(RefreshOutcome::reuse_detected);
+        tracing::warn!(session_id = %state.session.id, case = kind.as_str(), "refresh token reuse: session revoked");
+        let event = AuditEvent {
+            at: now,
+            action: "refresh_token_reuse".into(),
+            user_id: Some(state.session.user_id),
+            session_id: Some(state.session.id),
+            ip: caller.ip.clone(),
+            detail: serde_json::json!({
+                "case": kind.as_str(),
+                "spent_at": state.spent_at,
+                "user_agent": caller.user_agent,
+            }),
+            ..AuditEvent::default()
+        };
+        self.revoke_sessions(
+            Revoke::Session(state.session.id),
+            "refresh_token_reuse",
+            event,
+        )
+        .await?;
+        Err(AuthError::InvalidGrant(
+            "the refresh token was already used; the session has been revoked",
+        ))
     }
 
     async fn rotate(
@@ -119,14 +143,15 @@ impl Auth {
 
     /// A retry inside the grace window: the same successor, unsealed with the parent,
     /// and a fresh access token, if the parent has a replay left (claimed atomically
-    /// with its audit event, so concurrent replays cannot pass the cap).
+    /// with its audit event, so concurrent replays cannot pass the cap). `None` when
+    /// the claim lost.
     async fn replay(
         &self,
         parent: &RefreshToken,
         state: &TokenState,
         caller: &Caller,
         now: i64,
-    ) -> Result<Grant, AuthError> {
+    ) -> Result<Option<Grant>, AuthError> {
         let successor = state
             .sealed_successor
             .as_deref()
@@ -138,11 +163,11 @@ impl Auth {
             .claim_replay(parent.hash(), self.policy.refresh_grace_max_replays, &event)
             .await?;
         if !claimed {
-            return self.replay_refused(state, caller, now).await;
+            return Ok(None);
         }
         self.metrics.refresh(RefreshOutcome::replayed_in_grace);
         let s = &state.session;
-        Ok(self.grant(
+        Ok(Some(self.grant(
             s.user_id,
             s.id,
             &s.client_id,
@@ -150,21 +175,27 @@ impl Auth {
             state.roles.clone(),
             successor,
             now,
-        ))
+        )))
     }
 
-    /// A grace replay past the cap: refused and audited, the session left alone (its
-    /// holder may be the one with the successor).
+    /// A grace replay past the cap: refused, the session left alone (its holder may be
+    /// the one with the successor). The first refusal per token is audited (claimed
+    /// like a replay, one past the cap), later ones only counted, so a holder of a
+    /// spent token cannot flood the audit log for the length of the window.
     async fn replay_refused(
         &self,
+        parent: &RefreshToken,
         state: &TokenState,
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
         self.metrics.refresh(RefreshOutcome::replay_refused);
+        let max = self.policy.refresh_grace_max_replays;
         let mut event = replay_event("refresh_grace_replay_refused", state, caller, now);
-        event.detail["max_replays"] = self.policy.refresh_grace_max_replays.into();
-        self.store.record(&event).await?;
+        event.detail["max_replays"] = max.into();
+        self.store
+            .claim_replay(parent.hash(), max + 1, &event)
+            .await?;
         Err(AuthError::InvalidGrant(
             Rejection::ReplaysExhausted.describe(),
         ))
@@ -204,12 +235,13 @@ impl Auth {
 }
 
 /// A grace replay's audit event: whether the replaying address and user agent differ
-/// from those of the rotation that spent the token (`null` where either is unknown).
+/// from those of the rotation that spent the token (`null` only where neither is
+/// known: a replay that drops its user agent differs).
 fn replay_event(action: &str, state: &TokenState, caller: &Caller, now: i64) -> AuditEvent {
     fn differs<T: PartialEq>(then: Option<T>, now: Option<T>) -> serde_json::Value {
         match (then, now) {
-            (Some(a), Some(b)) => (a != b).into(),
-            _ => serde_json::Value::Null,
+            (None, None) => serde_json::Value::Null,
+            (a, b) => (a != b).into(),
         }
     }
     AuditEvent {

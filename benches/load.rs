@@ -392,7 +392,7 @@ async fn main() {
     let base = server.base.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = server.rss_kib("VmRSS:");
-    let store = tessera::store::connect(&url, pool, Duration::from_secs(5))
+    let store = tessera::store::connect(&url, tessera::store::PoolSettings::new(pool))
         .await
         .unwrap();
     let client = reqwest::Client::builder()
@@ -625,7 +625,9 @@ async fn main() {
         rss_idle <= 30 * 1000,
     );
     // The query behind access-token introspection and /v1/me: one indexed read.
-    if let Ok(pg) = tessera::store::PgStore::connect(&url, 2, Duration::from_secs(5)).await {
+    if let Ok(pg) =
+        tessera::store::PgStore::connect(&url, tessera::store::PoolSettings::new(2)).await
+    {
         let plan = sqlx::query_scalar::<_, String>(
             "EXPLAIN SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = '00000000-0000-0000-0000-000000000000'::uuid AND s.revoked_at IS NULL \

@@ -74,6 +74,7 @@ pub struct Config {
     pub prune_after_secs: u32,
     pub audit_retention_days: u32,
     pub database_acquire_timeout_ms: u32,
+    pub database_statement_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
 }
@@ -152,6 +153,10 @@ impl Config {
                 self.database_acquire_timeout_ms,
             ),
             ("revocation_resync_secs", self.revocation_resync_secs),
+            (
+                "database_statement_timeout_ms",
+                self.database_statement_timeout_ms,
+            ),
             ("janitor_batch", self.janitor_batch),
             ("audit_retention_days", self.audit_retention_days),
         ];
@@ -159,6 +164,14 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if u64::from(self.database_statement_timeout_ms)
+            >= u64::from(self.request_timeout_secs) * 1000
+        {
+            return Err(invalid(
+                "database_statement_timeout_ms (TESSERA_DATABASE_STATEMENT_TIMEOUT_MS)",
+                "must be below request_timeout_secs: a request that gives up must find its statement cancelled, not queued to commit later",
+            ));
         }
         // A session is deleted this long after it ended: its access tokens must have
         // expired by then, or introspection could not tell them apart from unknown ones.

@@ -56,8 +56,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database_url.expose_secret();
     let store = store::connect(
         url,
-        config.database_max_connections,
-        Duration::from_millis(u64::from(config.database_acquire_timeout_ms)),
+        store::PoolSettings {
+            max_connections: config.database_max_connections,
+            acquire_timeout: Duration::from_millis(u64::from(config.database_acquire_timeout_ms)),
+            statement_timeout: Duration::from_millis(u64::from(
+                config.database_statement_timeout_ms,
+            )),
+        },
     )
     .await?;
     store.migrate().await?;

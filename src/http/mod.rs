@@ -52,7 +52,6 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     use axum::http::header;
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-    use tower_http::timeout::TimeoutLayer;
     use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
     let request_id = header::HeaderName::from_static("x-request-id");
@@ -63,6 +62,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+    let request_timeout = settings.request_timeout;
     let mut app = Router::new()
         .merge(oauth::router())
         .merge(account::router())
@@ -84,10 +84,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             state.clone(),
             ops::record_metrics,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ));
+        .layer(axum::middleware::from_fn(move |req, next| {
+            ops::time_limit(request_timeout, req, next)
+        }));
     if !settings.cors_origins.is_empty() {
         app = app.layer(cors(&settings.cors_origins));
     }

@@ -26,18 +26,25 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers, and not shutting down.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "The store answers"), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+/// Readiness answers within this long, whatever the store does.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ready when a write to the store commits (a read-only failover target or a full disk
+/// is not ready), within a second, and not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "A write to the store commits"), (status = 503, description = "Store unavailable, read-only or full; or shutting down (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable(5));
     }
-    match state.auth.store.ping().await {
-        Ok(()) => Ok(Json(
-            json!({"status": "ok", "store": state.auth.store.backend()}),
-        )),
-        Err(e) => {
+    let store = &state.auth.store;
+    match tokio::time::timeout(READY_WITHIN, store.ready(super::extract::now())).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ok", "store": store.backend()}))),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable(2))
+        }
+        Err(_) => {
+            tracing::warn!("readiness check timed out");
             Err(ApiError::unavailable(2))
         }
     }
@@ -136,4 +143,20 @@ pub async fn limit_headers(max: usize, request: Request, next: Next) -> Response
         .into_response();
     }
     next.run(request).await
+}
+
+/// 408 in the API's error shape (with `Retry-After`) when the handler has not answered
+/// within `limit`. The store's statement timeout is shorter, so by then no statement of
+/// this request is left running.
+pub async fn time_limit(limit: std::time::Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long; try again",
+        )
+        .retry_after(1)
+        .into_response(),
+    }
 }

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{BasicAuth, OAuthParams, QueryParams, now};
-use super::feed::OverCap;
+use super::feed::Refused;
 use super::oauth::request_client;
 use super::{ApiError, AppState};
 use crate::auth::RequestClient;
@@ -118,12 +118,22 @@ pub(crate) async fn revocations(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_stream {
-        let slot = state.feed.admit(&client_id).map_err(|over| {
-            let which = match over {
-                OverCap::Client => "this client has as many revocation streams open as it may",
-                OverCap::Total => "this instance has as many revocation streams open as it may",
+        let slot = state.feed.admit(&client_id).map_err(|why| {
+            let (code, description) = match why {
+                Refused::Client => (
+                    "too_many_streams",
+                    "this client has as many revocation streams open as it may",
+                ),
+                Refused::Total => (
+                    "too_many_streams",
+                    "this instance has as many revocation streams open as it may",
+                ),
+                Refused::ShuttingDown => (
+                    "temporarily_unavailable",
+                    "this instance is shutting down; connect to another",
+                ),
             };
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", which)
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
                 .retry_after(STREAM_RETRY_AFTER_SECS)
         })?;
         let subscriber = state.feed.subscribe(slot, after);
@@ -141,7 +151,7 @@ pub(crate) async fn revocations(
     }
     let page = state
         .feed
-        .read_after(after, now(), 1)
+        .read_page(after, now())
         .await
         .map_err(crate::auth::AuthError::from)?;
     let cursor = page.last().map_or(after, |r| r.seq).to_string();

@@ -68,8 +68,15 @@ enum Class {
 fn classify(code: &str) -> Class {
     if code.len() == 5 {
         match code {
-            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" => Class::Transient,
-            _ if code.starts_with("08") => Class::Transient,
+            // Serialization failure, deadlock; a read-only transaction (a failover left
+            // us on a standby); lock not available; a statement cancelled by
+            // statement_timeout; the server shutting down.
+            "40001" | "40P01" | "25006" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" => {
+                Class::Transient
+            }
+            // Connection exceptions; insufficient resources (disk full, out of memory,
+            // too many connections).
+            _ if code.starts_with("08") || code.starts_with("53") => Class::Transient,
             // Data exceptions: a value the database refuses, e.g. a NUL byte in text.
             _ if code.starts_with("22") => Class::BadInput,
             _ => Class::Other,
@@ -265,6 +272,9 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn migrate(&self) -> StoreFuture<'_, ()>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Readiness: a write that commits (read-only or full databases fail it), over a
+    /// connection of its own on PostgreSQL so a busy pool does not make it wait.
+    fn ready(&self, now: i64) -> StoreFuture<'_, ()>;
 
     fn create_user<'a>(
         &'a self,
@@ -345,6 +355,8 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         limit: i64,
     ) -> StoreFuture<'_, Vec<Revocation>>;
+    /// The highest feed `seq` so far (0 when empty).
+    fn revocations_max_seq(&self) -> StoreFuture<'_, i64>;
     /// Revocations as they are committed, on this instance or (PostgreSQL) any other.
     fn subscribe_revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation>;
 
@@ -391,19 +403,35 @@ pub fn backend_of(url: &str) -> Option<&'static str> {
     }
 }
 
+/// How the store's connection pool behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request may wait for a connection.
+    pub acquire_timeout: std::time::Duration,
+    /// The longest one statement may run or wait for a lock (PostgreSQL
+    /// `statement_timeout`, SQLite's busy timeout). Below the request timeout, so a
+    /// request that gives up has had its statement cancelled by the database, never left
+    /// queued to commit after the client was told it failed.
+    pub statement_timeout: std::time::Duration,
+}
+
+impl PoolSettings {
+    /// Defaults for tools and benchmarks.
+    pub fn new(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// Opens the store named by a database URL.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: std::time::Duration,
-) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn connect(url: &str, pool: PoolSettings) -> Result<Arc<dyn Store>, StoreError> {
     match backend_of(url) {
-        Some("postgres") => Ok(Arc::new(
-            PgStore::connect(url, max_connections, acquire_timeout).await?,
-        )),
-        _ => Ok(Arc::new(
-            SqliteStore::connect(url, max_connections, acquire_timeout).await?,
-        )),
+        Some("postgres") => Ok(Arc::new(PgStore::connect(url, pool).await?)),
+        _ => Ok(Arc::new(SqliteStore::connect(url, pool).await?)),
     }
 }
 
@@ -445,8 +473,12 @@ macro_rules! migrations {
             ),
             (
                 7,
-                "janitor",
-                include_str!(concat!("../../migrations/", $backend, "/0007_janitor.sql")),
+                "lifecycle",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0007_lifecycle.sql"
+                )),
             ),
         ]
     };

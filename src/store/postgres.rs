@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::sync::broadcast;
 
 use super::{KeyRotation, Revocation, Rotated, Rotation, StoreError, StoreFuture};
@@ -23,25 +23,35 @@ const PER_NOTIFY: usize = 50;
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    /// One connection for readiness checks, apart from the request pool.
+    probe: PgPool,
     feed: broadcast::Sender<Revocation>,
 }
 
+/// A readiness check gives up after this long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl PgStore {
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
+        use std::str::FromStr;
+        let timeout_ms = settings.statement_timeout.as_millis().to_string();
+        let options =
+            PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
-            .connect(url)
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
             .await?;
+        let probe_ms = PROBE_TIMEOUT.as_millis().to_string();
+        let probe = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PROBE_TIMEOUT)
+            .connect_lazy_with(options.options([("statement_timeout", probe_ms.as_str())]));
         let (feed, _) = broadcast::channel(1024);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         tokio::spawn(relay(listener, feed.clone()));
-        Ok(Self { pool, feed })
+        Ok(Self { pool, probe, feed })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -115,7 +125,8 @@ fn migrator() -> Migrator {
 const ROTATE: &str = "
 WITH spent AS (
     UPDATE refresh_tokens AS t
-       SET spent_at = $3, successor_hash = $2, sealed_successor = $4, spent_ip = $7, spent_agent = $8
+       SET spent_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint),
+           successor_hash = $2, sealed_successor = $4, spent_ip = $7, spent_agent = $8
       FROM sessions AS s JOIN users AS u ON u.id = s.user_id
      WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
        AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
@@ -163,6 +174,16 @@ const CLAIM_REPLAY: &str = concat!(
 impl super::Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn ready(&self, now: i64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(super::shared::READINESS_PROBE)
+                .bind(now)
+                .execute(&self.probe)
+                .await?;
+            Ok(())
+        })
     }
 
     fn migrate(&self) -> StoreFuture<'_, ()> {
@@ -265,6 +286,16 @@ impl super::Store for PgStore {
                 .rows_affected();
             tx.commit().await?;
             Ok(Some(deleted))
+        })
+    }
+
+    fn revocations_max_seq(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
         })
     }
 

@@ -2,7 +2,6 @@
 //! SQLite's write lock (busy timeout) so concurrent rotations still have one winner.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -27,11 +26,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its folder.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
         let dir = sqlite_path(url).and_then(|p| p.parent().map(ToOwned::to_owned));
         if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
@@ -41,10 +36,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(settings.statement_timeout);
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await?;
         let (feed, _) = broadcast::channel(1024);
@@ -90,6 +85,16 @@ impl super::Store for SqliteStore {
         "sqlite"
     }
 
+    fn ready(&self, now: i64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(super::shared::READINESS_PROBE)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             migrator().run(&self.pool).await?;
@@ -117,7 +122,8 @@ impl super::Store for SqliteStore {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
             let spent = sqlx::query(
-                "UPDATE refresh_tokens SET spent_at = $3, successor_hash = $2, sealed_successor = $4, \
+                "UPDATE refresh_tokens SET spent_at = max($3, CAST(strftime('%s', 'now') AS INTEGER)), \
+                   successor_hash = $2, sealed_successor = $4, \
                    spent_ip = $6, spent_agent = $7 \
                  WHERE hash = $1 AND spent_at IS NULL AND expires_at > $3 AND EXISTS ( \
                    SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
@@ -225,6 +231,16 @@ impl super::Store for SqliteStore {
                 .await?
                 .rows_affected();
             Ok(Some(deleted))
+        })
+    }
+
+    fn revocations_max_seq(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
         })
     }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::both_stores;
@@ -422,11 +421,14 @@ async fn cors_allows_only_configured_origins(backend: Backend) {
 }
 
 /// A TCP relay to PostgreSQL that can be cut and restored: the store going away under
-/// a running server.
+/// a running server. While cut, new connections are accepted and never answered (a
+/// black hole, as a partitioned network looks), so a connect attempt hangs until the
+/// caller's own timeout.
 struct Relay {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
@@ -435,14 +437,16 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (flag, conns, target) = (up.clone(), connections.clone(), target.to_owned());
+        let holding = held.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    let _ = inbound.shutdown().await;
+                    holding.lock().unwrap().push(inbound);
                     continue;
                 }
                 let target = target.clone();
@@ -458,6 +462,7 @@ impl Relay {
             port,
             up,
             connections,
+            held,
         }
     }
 
@@ -470,6 +475,7 @@ impl Relay {
 
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.held.lock().unwrap().clear();
     }
 }
 
@@ -487,12 +493,8 @@ async fn a_store_outage_is_503_with_retry_after_and_recovers() {
     let relay = Relay::start(&host_port).await;
     let via_relay = direct.replacen(&host_port, &format!("127.0.0.1:{}", relay.port), 1);
     let secret = tessera::tokens::keys::SecretKey::generate().to_base64();
-    let app = spawn_instance(
-        &via_relay,
-        &secret,
-        &[("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000")],
-    )
-    .await;
+    // The pool's default 5 s acquire timeout: readiness must not wait for it.
+    let app = spawn_instance(&via_relay, &secret, &[]).await;
     let (_, tokens) = app.user_with_session().await;
 
     relay.cut();
@@ -500,6 +502,11 @@ async fn a_store_outage_is_503_with_retry_after_and_recovers() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.headers().get("retry-after").is_some());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "readiness answers within a second of its own, not the pool's timeout: {took:?}"
+    );
     let refresh = app
         .client
         .post(app.url("/oauth/token"))

@@ -214,6 +214,8 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             now,
             ttl_secs: 86_400,
             client_id: None,
+            authenticated: false,
+            scope: None,
         };
         assert!(
             store.rotate(&rotation).await.unwrap().is_some(),

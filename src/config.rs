@@ -68,6 +68,7 @@ pub struct Config {
     pub database_acquire_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
+    pub default_client_scopes: String,
 }
 
 impl Config {
@@ -161,6 +162,13 @@ impl Config {
                 "must be text or json",
             ));
         }
+        self.default_client_scopes =
+            crate::auth::normalize_scope(Some(&self.default_client_scopes)).map_err(|e| {
+                invalid(
+                    "default_client_scopes (TESSERA_DEFAULT_CLIENT_SCOPES)",
+                    e.to_string(),
+                )
+            })?;
         crate::http::client_addr::parse_proxies(&self.trusted_proxies).map_err(|bad| {
             invalid(
                 "trusted_proxies (TESSERA_TRUSTED_PROXIES)",

@@ -3,6 +3,7 @@
 //! in [`shared`]; only what must differ (rotation, connection, migrations) is written
 //! per backend.
 
+mod clients;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -96,7 +97,12 @@ pub struct User {
 pub struct Client {
     pub id: String,
     pub name: String,
+    /// `None`: a public client.
     pub secret_hash: Option<String>,
+    /// The scopes the client may be granted, space-separated (ignored for the default
+    /// client, whose list comes from config).
+    pub scopes: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +147,12 @@ pub struct Rotation {
     pub ttl_secs: i64,
     /// When the caller named a client, the token must have been issued to it.
     pub client_id: Option<String>,
+    /// Whether the caller authenticated as `client_id`: a confidential client's token
+    /// is spent only then.
+    pub authenticated: bool,
+    /// A narrower scope asked for: the token is spent only if the session's scope
+    /// holds every one of these.
+    pub scope: Option<Vec<String>>,
 }
 
 /// What a successful rotation returns: enough to mint the access token.
@@ -229,7 +241,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, bool>;
 
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Client>>;
-    fn create_client<'a>(&'a self, client: &'a Client, now: i64) -> StoreFuture<'a, ()>;
+    fn create_client<'a>(&'a self, client: &'a Client) -> StoreFuture<'a, ()>;
+    fn clients(&self) -> StoreFuture<'_, Vec<Client>>;
 
     fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
     /// Stores the first signing key, unless another instance got there first
@@ -358,6 +371,15 @@ macro_rules! migrations {
                     "/0003_login_throttle.sql"
                 )),
             ),
+            (
+                4,
+                "client_policy",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0004_client_policy.sql"
+                )),
+            ),
         ]
     };
 }
@@ -380,6 +402,16 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migra
         })
         .collect();
     sqlx::migrate::Migrator::with_migrations(migrations)
+}
+
+/// Whether every scope asked for (none asked: yes) is in the space-separated `granted`:
+/// SQLite's half of the rotation's scope check (PostgreSQL's is `<@` in the statement).
+fn scope_within(asked: Option<&[String]>, granted: &str) -> bool {
+    asked.is_none_or(|asked| {
+        asked
+            .iter()
+            .all(|a| granted.split(' ').any(|g| !g.is_empty() && g == a))
+    })
 }
 
 fn roles_from(text: &str) -> Vec<String> {

@@ -106,7 +106,9 @@ fn migrator() -> Migrator {
 }
 
 /// Spend the parent only if it is unspent and unexpired, its session live and its user
-/// enabled; insert the successor; touch the session. One statement, one round trip.
+/// enabled, the caller is the session's client (authenticated, when that client is
+/// confidential: `$7`), and a narrower scope asked for (`$8`) lies inside the
+/// session's; insert the successor; touch the session. One statement, one round trip.
 /// Concurrent callers queue on the parent's row lock; after the winner commits, the
 /// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
 /// read without a lock, so `touched` re-checks `revoked_at` under the session's row lock:
@@ -120,6 +122,9 @@ WITH spent AS (
      WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
        AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
        AND u.disabled_at IS NULL AND ($6::text IS NULL OR s.client_id = $6)
+       AND ($7::boolean OR NOT EXISTS (
+            SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))
+       AND ($8::text[] IS NULL OR $8::text[] <@ string_to_array(s.scope, ' '))
     RETURNING t.session_id, s.user_id, s.client_id, s.scope, s.expires_at AS session_expires_at, u.roles
 ), issued AS (
     INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at)
@@ -194,6 +199,8 @@ impl super::Store for PgStore {
                 .bind(&r.sealed_successor)
                 .bind(r.ttl_secs)
                 .bind(&r.client_id)
+                .bind(r.authenticated)
+                .bind(&r.scope)
                 .fetch_optional(&self.pool)
                 .await?;
             let Some(row) = row else { return Ok(None) };
@@ -224,6 +231,18 @@ impl super::Store for PgStore {
                 .await?;
             Ok(())
         })
+    }
+
+    fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<super::Client>> {
+        Box::pin(async move { Ok(super::clients::find(&self.pool, id).await?) })
+    }
+
+    fn create_client<'a>(&'a self, client: &'a super::Client) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(super::clients::insert(&self.pool, client).await?) })
+    }
+
+    fn clients(&self) -> StoreFuture<'_, Vec<super::Client>> {
+        Box::pin(async move { Ok(super::clients::list(&self.pool).await?) })
     }
 
     super::shared::queries!();

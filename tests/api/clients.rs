@@ -239,6 +239,80 @@ async fn scopes_come_from_the_clients_allow_list_and_refresh_only_narrows(backen
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(s(&again, "scope"), "write read");
     assert_eq!(claims(&s(&again, "access_token"))["scope"], "write read");
+
+    // A confidential client gets its own list (as `tessera client create --scopes`).
+    let billing = app
+        .state
+        .auth
+        .create_client_with_scopes(
+            "billing",
+            true,
+            "billing:read  introspect",
+            tessera::http::extract::now(),
+        )
+        .await
+        .unwrap();
+    let basic = (
+        billing.client_id.as_str(),
+        billing.client_secret.as_deref().unwrap(),
+    );
+    let tokens = login_via(&app, Some(basic), Some("billing:read")).await;
+    assert_eq!(s(&tokens, "scope"), "billing:read");
+    let email = format!("{}@example.com", Uuid::new_v4().simple());
+    app.signup(&email, PASSWORD).await;
+    for outside in ["read", "billing:write", "billing:read admin"] {
+        let answer = post_form(
+            &app,
+            "/oauth/token",
+            Some(basic),
+            &[
+                ("grant_type", "password"),
+                ("username", &email),
+                ("password", PASSWORD),
+                ("scope", outside),
+            ],
+        )
+        .await;
+        assert_eq!(
+            error_of(&answer),
+            (StatusCode::BAD_REQUEST, "invalid_scope".into()),
+            "{outside}: {}",
+            answer.1
+        );
+    }
+
+    // The admin API shows every client's list; only to admins.
+    let (_, admin) = app.admin_session().await;
+    let (status, listed) = app
+        .get("/v1/admin/clients", &s(&admin, "access_token"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let find = |id: &str| {
+        listed["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {listed}"))
+    };
+    let app_client = find("app");
+    assert_eq!(app_client["scopes"], serde_json::json!(["read", "write"]));
+    assert_eq!(app_client["confidential"], false);
+    let listed_billing = find(&billing.client_id);
+    assert_eq!(
+        listed_billing["scopes"],
+        serde_json::json!(["billing:read", "introspect"])
+    );
+    assert_eq!(listed_billing["confidential"], true);
+    assert!(
+        !listed.to_string().contains("tsc_"),
+        "no secret in the listing"
+    );
+    let (status, _) = app
+        .get("/v1/admin/clients", &s(&tokens, "access_token"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 async fn revoke(

@@ -324,4 +324,20 @@ mod tests {
         assert!(err.contains("listen"), "{err}");
         Ok(())
     }
+
+    #[test]
+    fn default_client_scopes_are_normalised_and_checked() -> Result<(), ConfigError> {
+        assert_eq!(Config::load(vars(&[]))?.default_client_scopes, "");
+        let config = Config::load(vars(&[(
+            "TESSERA_DEFAULT_CLIENT_SCOPES",
+            " read  write read",
+        )]))?;
+        assert_eq!(config.default_client_scopes, "read write");
+        let err = Config::load(vars(&[("TESSERA_DEFAULT_CLIENT_SCOPES", "read \"all\"")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("TESSERA_DEFAULT_CLIENT_SCOPES"), "{err}");
+        Ok(())
+    }
 }

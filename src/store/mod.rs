@@ -261,7 +261,9 @@ pub trait Store: Send + Sync + 'static {
         event: &'a AuditEvent,
     ) -> StoreFuture<'a, ()>;
     /// Spends `parent` and issues the successor in one statement: `None` when the parent is
-    /// not spendable (unknown, spent, expired, revoked session, disabled user).
+    /// not spendable (unknown, spent, expired, revoked session, disabled user, another
+    /// client's, a confidential client's without its authentication, a scope outside the
+    /// session's).
     fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;
     fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
     fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;

@@ -5,7 +5,7 @@
 //! second read find out why, and the rules decide.
 
 use super::rules::{self, Decision, Presenter, Rejection};
-use super::{Auth, AuthError, Caller, Grant, RequestClient, validate};
+use super::{Auth, AuthError, Caller, DEFAULT_CLIENT, Grant, RequestClient, validate};
 use crate::metrics::RefreshOutcome;
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
@@ -37,9 +37,10 @@ impl Auth {
         now: i64,
     ) -> Result<Grant, AuthError> {
         // The client and the scope are checked inside the rotation statement (the token
-        // must be the named client's, authenticated if it is confidential; the scope
-        // within the session's), so the common case stays one round trip.
-        let client_id = validate::client_id(client.id())?;
+        // must be the caller's, authenticated if it is confidential; the scope within
+        // the session's), so the common case stays one round trip. A caller naming no
+        // client speaks for the default one: the session's client is always compared.
+        let client_id = Some(validate::client_id(client.id())?.unwrap_or(DEFAULT_CLIENT));
         let asked = asked_scope(scope)?;
         let presenter = Presenter {
             client_id,

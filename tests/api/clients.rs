@@ -160,6 +160,13 @@ async fn confidential_refresh_tokens_rotate_only_with_their_client(backend: Back
         ])
         .await;
     assert_eq!(status, StatusCode::OK, "{spa_tokens}");
+    // Naming no client speaks for the default one: not this token's client.
+    let (status, body) = app.refresh(&s(&spa_tokens, "refresh_token")).await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into()),
+        "{body}"
+    );
     let (status, body) = app
         .token(&[
             ("grant_type", "refresh_token"),

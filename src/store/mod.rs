@@ -423,3 +423,22 @@ fn roles_from(text: &str) -> Vec<String> {
 fn roles_to(roles: &[String]) -> String {
     roles.join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scope_within;
+
+    #[test]
+    fn a_scope_asked_for_must_lie_within_the_grant() {
+        let asked = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(scope_within(None, ""));
+        assert!(scope_within(Some(&asked(&["read"])), "read write"));
+        assert!(scope_within(Some(&asked(&["write", "read"])), "read write"));
+        assert!(!scope_within(
+            Some(&asked(&["read", "admin"])),
+            "read write"
+        ));
+        assert!(!scope_within(Some(&asked(&["read"])), ""));
+        assert!(!scope_within(Some(&asked(&["rea"])), "read"));
+    }
+}

@@ -393,6 +393,30 @@ async fn revocation_checks_the_client(backend: Backend) {
         (status, s(&body, "error")),
         (StatusCode::BAD_REQUEST, "invalid_grant".into())
     );
+
+    // An access token, revoked by its own client, ends its session too.
+    let tokens = login_via(&app, Some((&id, &secret)), None).await;
+    let answer = revoke(
+        &app,
+        Some((&id, &secret)),
+        &[("token", &s(&tokens, "access_token"))],
+    )
+    .await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    let (status, body, _) = post_form(
+        &app,
+        "/oauth/token",
+        Some((&id, &secret)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &s(&tokens, "refresh_token")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, s(&body, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
 }
 
 async fn spent_refresh_token_revokes_nothing(backend: Backend) {

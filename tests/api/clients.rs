@@ -18,6 +18,7 @@ both_stores!(
     scopes_come_from_the_clients_allow_list_and_refresh_only_narrows,
     revocation_checks_the_client,
     spent_refresh_token_revokes_nothing,
+    racing_the_client_without_its_secret_spends_and_revokes_nothing,
 );
 
 /// A form POST, with HTTP Basic client credentials if given: status, body, headers.
@@ -440,4 +441,66 @@ async fn spent_refresh_token_revokes_nothing(backend: Backend) {
         app.refresh(&s(&body, "refresh_token")).await.0,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// An attacker holding a copy of a service's refresh token races the service itself:
+/// the copy, without the secret, neither wins the rotation nor revokes the session.
+async fn racing_the_client_without_its_secret_spends_and_revokes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (id, secret) = service_client(&app).await;
+    let tokens = login_via(&app, Some((&id, &secret)), None).await;
+    let token = s(&tokens, "refresh_token");
+    let n = 16;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url, token, barrier) = (
+                app.client.clone(),
+                app.url("/oauth/token"),
+                token.clone(),
+                barrier.clone(),
+            );
+            let credentials = (i % 2 == 0).then(|| (id.clone(), secret.clone()));
+            tokio::spawn(async move {
+                let mut request = client.post(url).form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                ]);
+                if let Some((id, secret)) = &credentials {
+                    request = request.basic_auth(id, Some(secret));
+                }
+                barrier.wait().await;
+                let (status, body) = json(request.send().await.unwrap()).await;
+                (credentials.is_some(), status, body)
+            })
+        })
+        .collect();
+    let mut successors = std::collections::HashSet::new();
+    for task in tasks {
+        let (authenticated, status, body) = task.await.unwrap();
+        if authenticated {
+            // The winner and grace replays get the one successor; a replay past any
+            // limit is refused without harm.
+            match status {
+                StatusCode::OK => {
+                    successors.insert(s(&body, "refresh_token"));
+                }
+                _ => assert_eq!(
+                    (status, s(&body, "error")),
+                    (StatusCode::BAD_REQUEST, "invalid_grant".into()),
+                    "{body}"
+                ),
+            }
+        } else {
+            assert_eq!(
+                (status, s(&body, "error")),
+                (StatusCode::UNAUTHORIZED, "invalid_client".into()),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(successors.len(), 1, "exactly one successor: {successors:?}");
+    crate::invariants::check(&app).await;
+    let successor = successors.into_iter().next().unwrap();
+    still_live(&app, (&id, &secret), successor).await;
 }

@@ -214,6 +214,8 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             now,
             ttl_secs: 86_400,
             client_id: None,
+            authenticated: false,
+            scope: None,
             caller_ip: Some("127.0.0.1".into()),
             caller_agent: Some(0x7e55_e7a0),
         };

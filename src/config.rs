@@ -77,6 +77,7 @@ pub struct Config {
     pub database_statement_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
+    pub default_client_scopes: String,
 }
 
 impl Config {
@@ -196,6 +197,13 @@ impl Config {
                 "must be text or json",
             ));
         }
+        self.default_client_scopes =
+            crate::auth::normalize_scope(Some(&self.default_client_scopes)).map_err(|e| {
+                invalid(
+                    "default_client_scopes (TESSERA_DEFAULT_CLIENT_SCOPES)",
+                    e.to_string(),
+                )
+            })?;
         crate::http::client_addr::parse_proxies(&self.trusted_proxies).map_err(|bad| {
             invalid(
                 "trusted_proxies (TESSERA_TRUSTED_PROXIES)",
@@ -349,6 +357,22 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("listen"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn default_client_scopes_are_normalised_and_checked() -> Result<(), ConfigError> {
+        assert_eq!(Config::load(vars(&[]))?.default_client_scopes, "");
+        let config = Config::load(vars(&[(
+            "TESSERA_DEFAULT_CLIENT_SCOPES",
+            " read  write read",
+        )]))?;
+        assert_eq!(config.default_client_scopes, "read write");
+        let err = Config::load(vars(&[("TESSERA_DEFAULT_CLIENT_SCOPES", "read \"all\"")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("TESSERA_DEFAULT_CLIENT_SCOPES"), "{err}");
         Ok(())
     }
 }

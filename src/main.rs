@@ -43,13 +43,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Register a client; prints {"client_id", "client_secret"} once as JSON.
+    /// Register a client; prints {"client_id", "scopes", "client_secret"} once as JSON.
     Create {
         #[arg(long)]
         name: String,
         /// A confidential client (a backend service) with a secret; otherwise public.
         #[arg(long)]
         confidential: bool,
+        /// The scopes the client may be granted, space-separated; none if omitted.
+        #[arg(long, default_value = "")]
+        scopes: String,
     },
 }
 
@@ -154,14 +157,24 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             tracing::info!(store = store.backend(), "migrations applied");
             Ok(())
         }
-        Command::Client(ClientCommand::Create { name, confidential }) => {
+        Command::Client(ClientCommand::Create {
+            name,
+            confidential,
+            scopes,
+        }) => {
             let state = server::build_state(&config).await?;
             let client = state
                 .auth
-                .create_client(&name, confidential, tessera::http::extract::now())
+                .create_client_with_scopes(
+                    &name,
+                    confidential,
+                    &scopes,
+                    tessera::http::extract::now(),
+                )
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?;
-            let mut out = serde_json::json!({"client_id": client.client_id});
+            let mut out =
+                serde_json::json!({"client_id": client.client_id, "scopes": client.scopes});
             if let Some(secret) = client.client_secret {
                 out["client_secret"] = secret.into();
             }

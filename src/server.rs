@@ -203,6 +203,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             policy,
             throttle,
             metrics,
+            default_client_scopes: config.default_client_scopes.clone(),
         })),
         issuer: config.issuer.as_str().into(),
         jwks_max_age_secs: config.jwks_max_age_secs,

@@ -1,5 +1,6 @@
 //! OAuth clients: the default public client of first-party apps, and confidential
-//! clients (backend services) whose secret is shown once and stored as SHA-256.
+//! clients (backend services) whose secret is shown once and stored as SHA-256. Each
+//! client has a scope allow-list; nothing outside it is granted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use super::{Auth, AuthError, validate};
+use super::{Auth, AuthError, DEFAULT_CLIENT, validate};
 use crate::store::Client;
 use crate::tokens::random_bytes;
 
@@ -27,6 +28,8 @@ pub struct ClientCache(Mutex<HashMap<String, (Option<Client>, Instant)>>);
 pub struct NewClient {
     pub client_id: String,
     pub client_secret: Option<String>,
+    /// Its scope allow-list, normalised.
+    pub scopes: String,
 }
 
 /// A client secret is 256 random bits, so a plain SHA-256 is as strong as a slow hash.
@@ -46,10 +49,23 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Auth {
+    /// Registers a client with no scopes (see [`Auth::create_client_with_scopes`]).
     pub async fn create_client(
         &self,
         name: &str,
         confidential: bool,
+        now: i64,
+    ) -> Result<NewClient, AuthError> {
+        self.create_client_with_scopes(name, confidential, "", now)
+            .await
+    }
+
+    /// Registers a client allowed the scopes in `scopes` (space-separated) and no others.
+    pub async fn create_client_with_scopes(
+        &self,
+        name: &str,
+        confidential: bool,
+        scopes: &str,
         now: i64,
     ) -> Result<NewClient, AuthError> {
         let name = name.trim();
@@ -58,6 +74,7 @@ impl Auth {
                 "the client name must be 1 to 200 printable characters".into(),
             ));
         }
+        let scopes = validate::normalize_scope(Some(scopes))?;
         let client_id = format!("svc_{}", URL_SAFE_NO_PAD.encode(random_bytes::<12>()));
         let client_secret =
             confidential.then(|| format!("tsc_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>())));
@@ -65,12 +82,55 @@ impl Auth {
             id: client_id.clone(),
             name: name.to_owned(),
             secret_hash: client_secret.as_deref().map(secret_hash),
+            scopes: scopes.clone(),
+            created_at: now,
         };
-        self.store.create_client(&client, now).await?;
+        self.store.create_client(&client).await?;
         Ok(NewClient {
             client_id,
             client_secret,
+            scopes,
         })
+    }
+
+    /// The scopes `client` may be granted: its own list, or for the default client
+    /// the configured one.
+    pub fn allowed_scopes<'a>(&'a self, client: &'a Client) -> &'a str {
+        if client.id == DEFAULT_CLIENT {
+            &self.default_client_scopes
+        } else {
+            &client.scopes
+        }
+    }
+
+    /// Every scope asked for (normalised) must be on the client's allow-list.
+    pub(crate) fn check_allowed_scope(
+        &self,
+        client: &Client,
+        scope: &str,
+    ) -> Result<(), AuthError> {
+        let allowed: Vec<&str> = self.allowed_scopes(client).split(' ').collect();
+        if scope
+            .split(' ')
+            .any(|s| !s.is_empty() && !allowed.contains(&s))
+        {
+            return Err(AuthError::InvalidScope(
+                "the requested scope is not allowed for this client",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every registered client, with its allow-list as it applies (the default
+    /// client's from config).
+    pub async fn list_clients(&self) -> Result<Vec<Client>, AuthError> {
+        let mut clients = self.store.clients().await?;
+        for c in &mut clients {
+            if c.id == DEFAULT_CLIENT {
+                c.scopes.clone_from(&self.default_client_scopes);
+            }
+        }
+        Ok(clients)
     }
 
     pub(crate) async fn cached_client(&self, id: &str) -> Result<Option<Client>, AuthError> {

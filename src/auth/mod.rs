@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::metrics::{LoginOutcome, Metrics};
 use crate::passwords::{PasswordError, Passwords};
-use crate::store::{AuditEvent, Session, Store, StoreError, User};
+use crate::store::{AuditEvent, Client, Session, Store, StoreError, User};
 use crate::tokens::access::{AccessTokens, Claims, VerifyError};
 use crate::tokens::keys::KeySet;
 use crate::tokens::refresh::RefreshToken;
@@ -152,6 +152,8 @@ pub struct Auth {
     pub janitor: JanitorPolicy,
     keys: RwLock<Arc<KeySet>>,
     clients: clients::ClientCache,
+    /// The default client's scope allow-list (config: `default_client_scopes`).
+    default_client_scopes: String,
 }
 
 /// What an [`Auth`] is made of.
@@ -165,6 +167,8 @@ pub struct AuthParts {
     pub throttle: ThrottlePolicy,
     pub janitor: JanitorPolicy,
     pub metrics: Arc<Metrics>,
+    /// The default client's scope allow-list, space-separated.
+    pub default_client_scopes: String,
 }
 
 impl Auth {
@@ -179,6 +183,7 @@ impl Auth {
             janitor: parts.janitor,
             metrics: parts.metrics,
             clients: clients::ClientCache::default(),
+            default_client_scopes: parts.default_client_scopes,
             keys: RwLock::new(Arc::new(parts.keys)),
         }
     }
@@ -265,13 +270,18 @@ impl Auth {
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
-        let client_id = match client {
-            RequestClient::Authenticated(id) => id.clone(),
+        let client = match client {
+            RequestClient::Authenticated(id) => self
+                .cached_client(id)
+                .await?
+                .ok_or(AuthError::InvalidClient)?,
             other => self.public_client(other.id()).await?,
         };
         self.check_login_throttle(email, caller.ip.as_deref(), now)
             .await?;
         let scope = normalize_scope(scope)?;
+        self.check_allowed_scope(&client, &scope)?;
+        let client_id = client.id;
         // An address that cannot be an email cannot have an account; it still costs a hash.
         let email = normalize_email(email).unwrap_or_default();
         let found = if email.is_empty() {
@@ -393,10 +403,10 @@ impl Auth {
     /// Resolves the client of a password or refresh grant: absent means the default
     /// public client; a named one must exist and be public (confidential clients
     /// authenticate separately).
-    async fn public_client(&self, client_id: Option<&str>) -> Result<String, AuthError> {
+    async fn public_client(&self, client_id: Option<&str>) -> Result<Client, AuthError> {
         let id = validate::client_id(client_id)?.unwrap_or(DEFAULT_CLIENT);
         match self.cached_client(id).await? {
-            Some(client) if client.secret_hash.is_none() => Ok(client.id),
+            Some(client) if client.secret_hash.is_none() => Ok(client),
             _ => Err(AuthError::InvalidClient),
         }
     }

@@ -1,12 +1,11 @@
 //! The refresh grant and RFC 7009 revocation.
 //!
-//! Common case: one statement spends the parent and issues the successor. Only when
-//! that statement refuses does a second read find out why, and the rules decide.
+//! Common case: one statement spends the parent and issues the successor, checking the
+//! client and the scope asked for on the way. Only when that statement refuses does a
+//! second read find out why, and the rules decide.
 
-use uuid::Uuid;
-
-use super::rules::{self, Decision, Grace, Rejection};
-use super::{Auth, AuthError, Caller, Grant, RequestClient, validate};
+use super::rules::{self, Decision, Grace, Presenter, Rejection};
+use super::{Auth, AuthError, Caller, DEFAULT_CLIENT, Grant, RequestClient, validate};
 use crate::metrics::RefreshOutcome;
 use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
@@ -14,6 +13,7 @@ use crate::tokens::refresh::RefreshToken;
 const UNUSABLE: &str = "the refresh token is invalid, expired or revoked";
 
 impl Auth {
+    /// The refresh grant asking for the session's whole scope.
     pub async fn refresh(
         &self,
         raw: &str,
@@ -21,24 +21,57 @@ impl Auth {
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
-        // A named client is checked inside the rotation statement (the token must be
-        // its own), so the common case stays one round trip.
-        let client_id = validate::client_id(client.id())?;
+        self.refresh_with_scope(raw, client, None, caller, now)
+            .await
+    }
+
+    /// The refresh grant; `scope` (RFC 6749 §6) may narrow the new access token's scope
+    /// within the session's grant. The session and its successor token keep the whole
+    /// grant, so a later refresh can ask for it again.
+    pub async fn refresh_with_scope(
+        &self,
+        raw: &str,
+        client: &RequestClient,
+        scope: Option<&str>,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        // The client and the scope are checked inside the rotation statement (the token
+        // must be the caller's, authenticated if it is confidential; the scope within
+        // the session's), so the common case stays one round trip. A caller naming no
+        // client speaks for the default one: the session's client is always compared.
+        let client_id = Some(validate::client_id(client.id())?.unwrap_or(DEFAULT_CLIENT));
+        let asked = asked_scope(scope)?;
+        let presenter = Presenter {
+            client_id,
+            authenticated: matches!(client, RequestClient::Authenticated(_)),
+            scope: asked.as_deref(),
+        };
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
-        if let Some(grant) = self.rotate(&parent, client_id, caller, now).await? {
+        if let Some(grant) = self.rotate(&parent, &presenter, caller, now).await? {
             return Ok(grant);
         }
         let Some(state) = self.store.token_state(parent.hash()).await? else {
             return Err(AuthError::InvalidGrant(UNUSABLE));
         };
+        let confidential = self
+            .cached_client(&state.session.client_id)
+            .await?
+            .is_some_and(|c| c.secret_hash.is_some());
+        if let Err(why) = rules::check_presenter(&state, confidential, &presenter) {
+            return Err(self.refused(why, &presenter).await);
+        }
         let grace = Grace {
             secs: self.policy.refresh_grace,
             max_replays: self.policy.refresh_grace_max_replays,
         };
         match rules::judge(&state, client_id, now, grace) {
             Decision::Replay => {
-                if let Some(grant) = self.replay(&parent, &state, caller, now).await? {
+                if let Some(grant) = self
+                    .replay(&parent, &state, presenter.scope, caller, now)
+                    .await?
+                {
                     return Ok(grant);
                 }
                 // The claim lost: the cap was reached by a parallel replay, or the
@@ -54,23 +87,32 @@ impl Auth {
                 }
             }
             Decision::Reuse(kind) => self.reuse(&state, kind, caller, now).await,
-            Decision::Reject(Rejection::WrongClient) => {
-                // An unknown client is a client error; a known one holding another
-                // client's token is a grant error.
-                if !matches!(client, RequestClient::Authenticated(_)) {
-                    self.public_client(client_id).await?;
-                }
-                Err(AuthError::InvalidGrant(Rejection::WrongClient.describe()))
-            }
             Decision::Reject(Rejection::ReplaysExhausted) => {
                 self.replay_refused(&parent, &state, caller, now).await
             }
-            Decision::Reject(why) => Err(AuthError::InvalidGrant(why.describe())),
+            Decision::Reject(why) => Err(self.refused(why, &presenter).await),
             // The winner of a race rolled back: one more attempt, never a loop.
             Decision::Rotate => self
-                .rotate(&parent, client_id, caller, now)
+                .rotate(&parent, &presenter, caller, now)
                 .await?
                 .ok_or(AuthError::InvalidGrant(UNUSABLE)),
+        }
+    }
+
+    /// The error for a refused refresh.
+    async fn refused(&self, why: Rejection, presenter: &Presenter<'_>) -> AuthError {
+        match why {
+            Rejection::ClientAuthRequired => AuthError::InvalidClient,
+            Rejection::ScopeWidened => AuthError::InvalidScope(why.describe()),
+            // An unknown client is a client error; a known one holding another
+            // client's token is a grant error.
+            Rejection::WrongClient if !presenter.authenticated => {
+                match self.public_client(presenter.client_id).await {
+                    Ok(_) => AuthError::InvalidGrant(why.describe()),
+                    Err(e) => e,
+                }
+            }
+            other => AuthError::InvalidGrant(other.describe()),
         }
     }
 
@@ -111,7 +153,7 @@ impl Auth {
     async fn rotate(
         &self,
         parent: &RefreshToken,
-        client_id: Option<&str>,
+        presenter: &Presenter<'_>,
         caller: &Caller,
         now: i64,
     ) -> Result<Option<Grant>, AuthError> {
@@ -122,7 +164,9 @@ impl Auth {
             sealed_successor: parent.seal(&successor),
             now,
             ttl_secs: self.policy.refresh_token_ttl,
-            client_id: client_id.map(str::to_owned),
+            client_id: presenter.client_id.map(str::to_owned),
+            authenticated: presenter.authenticated,
+            scope: presenter.scope.map(<[String]>::to_vec),
             caller_ip: caller.ip.clone(),
             caller_agent: agent_fingerprint(caller.user_agent.as_deref()),
         };
@@ -130,11 +174,12 @@ impl Auth {
             return Ok(None);
         };
         self.metrics.refresh(RefreshOutcome::ok);
+        let scope = presenter.scope.map_or(r.scope, |s| s.join(" "));
         Ok(Some(self.grant(
             r.user_id,
             r.session_id,
             &r.client_id,
-            &r.scope,
+            &scope,
             r.roles,
             successor,
             now,
@@ -149,6 +194,7 @@ impl Auth {
         &self,
         parent: &RefreshToken,
         state: &TokenState,
+        asked: Option<&[String]>,
         caller: &Caller,
         now: i64,
     ) -> Result<Option<Grant>, AuthError> {
@@ -167,11 +213,12 @@ impl Auth {
         }
         self.metrics.refresh(RefreshOutcome::replayed_in_grace);
         let s = &state.session;
+        let scope = asked.map_or_else(|| s.scope.clone(), |a| a.join(" "));
         Ok(Some(self.grant(
             s.user_id,
             s.id,
             &s.client_id,
-            &s.scope,
+            &scope,
             state.roles.clone(),
             successor,
             now,
@@ -201,37 +248,61 @@ impl Auth {
         ))
     }
 
-    /// RFC 7009: ends the session a refresh token (or an access token) belongs to.
-    /// Unknown and malformed tokens succeed silently, as the RFC asks.
+    /// RFC 7009: ends the session a live refresh token (or an access token) belongs
+    /// to, if that token was issued to the client asking. Unknown, malformed, spent and
+    /// other clients' tokens succeed silently (§2.2): the answer says nothing about a
+    /// token the caller does not own.
     pub async fn revoke_token(
         &self,
         raw: &str,
+        client: &RequestClient,
         caller: &Caller,
         now: i64,
     ) -> Result<(), AuthError> {
-        let session: Option<(Uuid, Uuid)> = if let Some(token) = RefreshToken::parse(raw) {
+        // A public client names itself; a confidential one has proven its secret.
+        let asking = match client {
+            RequestClient::Authenticated(id) => id.clone(),
+            other => self.public_client(other.id()).await?.id,
+        };
+        let target = if let Some(token) = RefreshToken::parse(raw) {
+            // Only a live token: a spent one is an old copy, and its holder must not be
+            // able to log the user out.
             self.store
                 .token_state(token.hash())
                 .await?
-                .map(|s| (s.session.id, s.session.user_id))
+                .filter(|s| s.spent_at.is_none() && s.expires_at > now)
+                .map(|s| (s.session.id, s.session.user_id, s.session.client_id))
         } else {
-            self.verify_access(raw).ok().map(|c| (c.sid, c.sub))
+            self.verify_access(raw)
+                .ok()
+                .map(|c| (c.sid, c.sub, c.client_id))
         };
-        if let Some((session_id, user_id)) = session {
-            let event = AuditEvent {
-                at: now,
-                action: "logout".into(),
-                user_id: Some(user_id),
-                session_id: Some(session_id),
-                actor_id: Some(user_id),
-                ip: caller.ip.clone(),
-                detail: serde_json::json!({"via": "oauth_revoke"}),
-            };
-            self.revoke_sessions(Revoke::Session(session_id), "logout", event)
-                .await?;
+        let Some((session_id, user_id, owner)) = target else {
+            return Ok(());
+        };
+        if owner != asking {
+            tracing::info!(%session_id, "revocation of another client's token ignored");
+            return Ok(());
         }
+        let event = AuditEvent {
+            at: now,
+            action: "logout".into(),
+            user_id: Some(user_id),
+            session_id: Some(session_id),
+            actor_id: Some(user_id),
+            ip: caller.ip.clone(),
+            detail: serde_json::json!({"via": "oauth_revoke", "client_id": owner}),
+        };
+        self.revoke_sessions(Revoke::Session(session_id), "logout", event)
+            .await?;
         Ok(())
     }
+}
+
+/// The scope a refresh asks for: `None` when absent or empty (the whole grant).
+fn asked_scope(raw: Option<&str>) -> Result<Option<Vec<String>>, AuthError> {
+    let scope = validate::normalize_scope(raw)?;
+    Ok((!scope.is_empty()).then(|| scope.split(' ').map(str::to_owned).collect()))
 }
 
 /// A grace replay's audit event: whether the replaying address and user agent differ

@@ -14,6 +14,10 @@ pub enum Rejection {
     WrongClient,
     /// A retry inside the grace window after the parent's replays were used up.
     ReplaysExhausted,
+    /// The token's client is confidential and the caller did not authenticate as it.
+    ClientAuthRequired,
+    /// A refresh asked for a scope the session was not granted.
+    ScopeWidened,
 }
 
 impl Rejection {
@@ -27,6 +31,8 @@ impl Rejection {
             Rejection::ReplaysExhausted => {
                 "the refresh token was already rotated and retried too often; use its successor"
             }
+            Rejection::ClientAuthRequired => "the refresh token's client must authenticate",
+            Rejection::ScopeWidened => "a refresh may narrow the scope, never widen it",
         }
     }
 }
@@ -70,6 +76,47 @@ pub struct Grace {
     /// refused without revoking the session, so a thief replaying a stolen parent
     /// cannot mint access tokens at will, and cannot log the holder out either.
     pub max_replays: i64,
+}
+
+/// Who presents a refresh token, and the scope they ask of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Presenter<'a> {
+    /// The client the request named or authenticated as; `None`: the default client.
+    pub client_id: Option<&'a str>,
+    /// Whether the caller proved `client_id`'s secret.
+    pub authenticated: bool,
+    /// A narrower scope asked for; `None`: the session's whole grant.
+    pub scope: Option<&'a [String]>,
+}
+
+/// May this caller use this token at all? Checked before [`judge`], so a caller that
+/// may not use a token triggers neither a grace replay nor reuse detection (an old
+/// copy of a confidential client's token is worthless without the client's secret).
+pub fn check_presenter(
+    state: &TokenState,
+    client_confidential: bool,
+    presenter: &Presenter<'_>,
+) -> Result<(), Rejection> {
+    let owner = state.session.client_id.as_str();
+    let named_owner = presenter.client_id == Some(owner);
+    if client_confidential && !(presenter.authenticated && named_owner) {
+        return Err(if presenter.authenticated {
+            Rejection::WrongClient
+        } else {
+            Rejection::ClientAuthRequired
+        });
+    }
+    if presenter.client_id.is_some() && !named_owner {
+        return Err(Rejection::WrongClient);
+    }
+    let granted: Vec<&str> = state.session.scope.split(' ').collect();
+    if presenter
+        .scope
+        .is_some_and(|asked| asked.iter().any(|a| !granted.contains(&a.as_str())))
+    {
+        return Err(Rejection::ScopeWidened);
+    }
+    Ok(())
 }
 
 /// Judges a refresh token that the rotation statement did not spend.
@@ -251,6 +298,77 @@ mod tests {
             judge(&spent_token(), Some("cli"), 1101, GRACE),
             Decision::Reject(Rejection::WrongClient)
         );
+    }
+
+    fn presenter<'a>(client_id: Option<&'a str>, authenticated: bool) -> Presenter<'a> {
+        Presenter {
+            client_id,
+            authenticated,
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn a_confidential_clients_token_needs_that_client_authenticated() {
+        let mut state = spent_token();
+        state.session.client_id = "svc".into();
+        for unauthenticated in [None, Some("svc"), Some("app")] {
+            assert_eq!(
+                check_presenter(&state, true, &presenter(unauthenticated, false)),
+                Err(Rejection::ClientAuthRequired),
+                "{unauthenticated:?}"
+            );
+        }
+        assert_eq!(
+            check_presenter(&state, true, &presenter(Some("other"), true)),
+            Err(Rejection::WrongClient)
+        );
+        assert_eq!(
+            check_presenter(&state, true, &presenter(Some("svc"), true)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_public_clients_token_needs_no_secret_but_the_right_name() {
+        let state = spent_token();
+        assert_eq!(
+            check_presenter(&state, false, &presenter(None, false)),
+            Ok(())
+        );
+        assert_eq!(
+            check_presenter(&state, false, &presenter(Some("app"), false)),
+            Ok(())
+        );
+        assert_eq!(
+            check_presenter(&state, false, &presenter(Some("svc"), true)),
+            Err(Rejection::WrongClient)
+        );
+    }
+
+    #[test]
+    fn a_refresh_may_narrow_the_scope_never_widen_it() {
+        let mut state = spent_token();
+        state.session.scope = "read write".into();
+        let ask = |state: &TokenState, scope: &[&str]| {
+            let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
+            check_presenter(
+                state,
+                false,
+                &Presenter {
+                    scope: Some(&scope),
+                    ..presenter(None, false)
+                },
+            )
+        };
+        assert_eq!(ask(&state, &["read"]), Ok(()));
+        assert_eq!(ask(&state, &["write", "read"]), Ok(()));
+        assert_eq!(
+            ask(&state, &["read", "admin"]),
+            Err(Rejection::ScopeWidened)
+        );
+        state.session.scope = String::new();
+        assert_eq!(ask(&state, &["read"]), Err(Rejection::ScopeWidened));
     }
 
     #[test]

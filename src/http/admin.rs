@@ -1,5 +1,5 @@
-//! Admin API: manage users and force logout. Every call re-checks the caller's
-//! session and admin role in the store.
+//! Admin API: manage users, force logout, see the OAuth clients and their scope
+//! allow-lists. Every call re-checks the caller's session and admin role in the store.
 
 use axum::Json;
 use axum::Router;
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users/{id}/enable", post(enable))
         .route("/v1/admin/sessions/{id}", delete(revoke_session))
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/clients", get(list_clients))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -354,5 +355,45 @@ pub(crate) async fn audit(
     Ok(Json(AuditPage {
         events: events.into_iter().map(AuditView::from).collect(),
         next_cursor,
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AdminClientView {
+    client_id: String,
+    name: String,
+    /// Confidential clients (backend services) authenticate with a secret.
+    confidential: bool,
+    /// The scopes the client may be granted (the default client's come from config).
+    scopes: Vec<String>,
+    created_at: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ClientList {
+    clients: Vec<AdminClientView>,
+}
+
+/// Every OAuth client with its scope allow-list (secrets are never shown).
+#[utoipa::path(get, path = "/v1/admin/clients", tag = "admin", security(("bearer" = [])),
+    description = "Every OAuth client and its scope allow-list; the default public client `app` shows the configured default_client_scopes.",
+    responses((status = 200, body = ClientList), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
+pub(crate) async fn list_clients(
+    State(state): State<AppState>,
+    Bearer(token): Bearer,
+) -> Result<Json<ClientList>, ApiError> {
+    state.auth.admin(&token, now()).await?;
+    let clients = state.auth.list_clients().await?;
+    Ok(Json(ClientList {
+        clients: clients
+            .into_iter()
+            .map(|c| AdminClientView {
+                confidential: c.secret_hash.is_some(),
+                scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+                created_at: rfc3339(c.created_at),
+                client_id: c.id,
+                name: c.name,
+            })
+            .collect(),
     }))
 }

@@ -26,6 +26,8 @@ pub(crate) struct TokenRequest {
     refresh_token: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    /// Space-separated. Password grant: within the client's allow-list. Refresh grant:
+    /// within the session's grant (narrows this access token only); absent: all of it.
     scope: Option<String>,
 }
 
@@ -78,7 +80,7 @@ fn required_str<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, ApiEr
 }
 
 #[utoipa::path(post, path = "/oauth/token", tag = "oauth",
-    description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post.",
+    description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post; a confidential client's refresh token rotates only with that client's authentication (else 401 invalid_client; another client's token: 400 invalid_grant). `scope` must lie within the client's allow-list (else 400 invalid_scope); on a refresh it may narrow the new access token's scope within the session's grant, never widen it (400 invalid_scope). The `scope` response field is the access token's scope.",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Tokens (Cache-Control: no-store)", body = TokenResponse), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 429, description = "Throttled (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn token(
@@ -112,7 +114,10 @@ pub(crate) async fn token(
         }
         "refresh_token" => {
             let token = required(&req.refresh_token, "refresh_token")?;
-            state.auth.refresh(token, &client, &caller, now()).await?
+            state
+                .auth
+                .refresh_with_scope(token, &client, req.scope.as_deref(), &caller, now())
+                .await?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -143,19 +148,34 @@ fn token_response(grant: &Grant) -> Response {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct RevokeRequest {
     token: Option<String>,
+    /// A public client names itself; a confidential one authenticates (HTTP Basic or
+    /// this and `client_secret`). None: the default public client.
+    client_id: Option<String>,
+    client_secret: Option<String>,
 }
 
-/// RFC 7009 §2.2: 200 whether or not the token was known.
-#[utoipa::path(post, path = "/oauth/revoke", tag = "oauth",
-    description = "RFC 7009: ends the session of a refresh or access token; 200 even for unknown tokens.",
+/// RFC 7009 §2.2: 200 whether or not the token was known, or was the caller's.
+#[utoipa::path(post, path = "/oauth/revoke", tag = "oauth", security((), ("basic" = [])),
+    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
     request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Revoked (or unknown)"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+    responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
+    BasicAuth(basic): BasicAuth,
     OAuthParams(req): OAuthParams<RevokeRequest>,
 ) -> Result<Response, ApiError> {
+    let client = request_client(
+        &state,
+        basic,
+        req.client_id.as_deref(),
+        req.client_secret.as_deref(),
+    )
+    .await?;
     let token = required(&req.token, "token")?;
-    state.auth.revoke_token(token, &caller, now()).await?;
+    state
+        .auth
+        .revoke_token(token, &client, &caller, now())
+        .await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], "").into_response())
 }

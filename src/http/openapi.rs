@@ -35,7 +35,7 @@ impl Modify for Security {
         oauth::token, oauth::revoke,
         account::signup, account::me, account::sessions, account::end_session, account::logout,
         admin::create_user, admin::list_users, admin::user_sessions, admin::revoke_user_sessions,
-        admin::revoke_session, admin::disable, admin::enable, admin::audit,
+        admin::revoke_session, admin::disable, admin::enable, admin::audit, admin::list_clients,
         services::introspect, services::revocations,
         wellknown::jwks, wellknown::metadata,
         ops::healthz, ops::readyz, ops::metrics,
@@ -45,7 +45,7 @@ impl Modify for Security {
     tags(
         (name = "oauth", description = "Apps: tokens and revocation (RFC 6749, RFC 7009)"),
         (name = "account", description = "Users: their account and sessions"),
-        (name = "admin", description = "Admins: users and forced logout; the session is checked live"),
+        (name = "admin", description = "Admins: users, forced logout, clients; the session is checked live"),
         (name = "services", description = "Backend services: introspection and the revocation feed"),
         (name = "discovery", description = "Keys and metadata"),
         (name = "ops", description = "Operators"),

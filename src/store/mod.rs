@@ -3,6 +3,7 @@
 //! in [`shared`]; only what must differ (rotation, connection, migrations) is written
 //! per backend.
 
+mod clients;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -103,7 +104,12 @@ pub struct User {
 pub struct Client {
     pub id: String,
     pub name: String,
+    /// `None`: a public client.
     pub secret_hash: Option<String>,
+    /// The scopes the client may be granted, space-separated (ignored for the default
+    /// client, whose list comes from config).
+    pub scopes: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +154,12 @@ pub struct Rotation {
     pub ttl_secs: i64,
     /// When the caller named a client, the token must have been issued to it.
     pub client_id: Option<String>,
+    /// Whether the caller authenticated as `client_id`: a confidential client's token
+    /// is spent only then.
+    pub authenticated: bool,
+    /// A narrower scope asked for: the token is spent only if the session's scope
+    /// holds every one of these.
+    pub scope: Option<Vec<String>>,
     /// Who rotated: kept on the parent, so a grace replay from elsewhere is told apart.
     pub caller_ip: Option<String>,
     pub caller_agent: Option<i64>,
@@ -301,7 +313,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, bool>;
 
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Client>>;
-    fn create_client<'a>(&'a self, client: &'a Client, now: i64) -> StoreFuture<'a, ()>;
+    fn create_client<'a>(&'a self, client: &'a Client) -> StoreFuture<'a, ()>;
+    fn clients(&self) -> StoreFuture<'_, Vec<Client>>;
 
     fn signing_keys(&self) -> StoreFuture<'_, Vec<StoredKey>>;
     /// Stores the first signing key, unless another instance got there first
@@ -322,7 +335,9 @@ pub trait Store: Send + Sync + 'static {
         event: &'a AuditEvent,
     ) -> StoreFuture<'a, bool>;
     /// Spends `parent` and issues the successor in one statement: `None` when the parent is
-    /// not spendable (unknown, spent, expired, revoked session, disabled user).
+    /// not spendable (unknown, spent, expired, revoked session, disabled user, another
+    /// client's, a confidential client's without its authentication, a scope outside the
+    /// session's).
     fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;
     fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
     /// Counts one grace replay of the spent token `hash` and records `event`, both only
@@ -463,6 +478,15 @@ macro_rules! migrations {
                 )),
             ),
             (
+                4,
+                "client_policy",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0004_client_policy.sql"
+                )),
+            ),
+            (
                 5,
                 "grace_replays",
                 include_str!(concat!(
@@ -504,10 +528,39 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migra
     sqlx::migrate::Migrator::with_migrations(migrations)
 }
 
+/// Whether every scope asked for (none asked: yes) is in the space-separated `granted`:
+/// SQLite's half of the rotation's scope check (PostgreSQL's is `<@` in the statement).
+fn scope_within(asked: Option<&[String]>, granted: &str) -> bool {
+    asked.is_none_or(|asked| {
+        asked
+            .iter()
+            .all(|a| granted.split(' ').any(|g| !g.is_empty() && g == a))
+    })
+}
+
 fn roles_from(text: &str) -> Vec<String> {
     text.split_whitespace().map(str::to_owned).collect()
 }
 
 fn roles_to(roles: &[String]) -> String {
     roles.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scope_within;
+
+    #[test]
+    fn a_scope_asked_for_must_lie_within_the_grant() {
+        let asked = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(scope_within(None, ""));
+        assert!(scope_within(Some(&asked(&["read"])), "read write"));
+        assert!(scope_within(Some(&asked(&["write", "read"])), "read write"));
+        assert!(!scope_within(
+            Some(&asked(&["read", "admin"])),
+            "read write"
+        ));
+        assert!(!scope_within(Some(&asked(&["read"])), ""));
+        assert!(!scope_within(Some(&asked(&["rea"])), "read"));
+    }
 }

@@ -116,7 +116,9 @@ fn migrator() -> Migrator {
 }
 
 /// Spend the parent only if it is unspent and unexpired, its session live and its user
-/// enabled; insert the successor; touch the session. One statement, one round trip.
+/// enabled, the caller is the session's client (authenticated, when that client is
+/// confidential: `$7`), and a narrower scope asked for (`$8`) lies inside the
+/// session's; insert the successor; touch the session. One statement, one round trip.
 /// Concurrent callers queue on the parent's row lock; after the winner commits, the
 /// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
 /// read without a lock, so `touched` re-checks `revoked_at` under the session's row lock:
@@ -126,11 +128,14 @@ const ROTATE: &str = "
 WITH spent AS (
     UPDATE refresh_tokens AS t
        SET spent_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint),
-           successor_hash = $2, sealed_successor = $4, spent_ip = $7, spent_agent = $8
+           successor_hash = $2, sealed_successor = $4, spent_ip = $9, spent_agent = $10
       FROM sessions AS s JOIN users AS u ON u.id = s.user_id
      WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
        AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
        AND u.disabled_at IS NULL AND ($6::text IS NULL OR s.client_id = $6)
+       AND ($7::boolean OR NOT EXISTS (
+            SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))
+       AND ($8::text[] IS NULL OR $8::text[] <@ string_to_array(s.scope, ' '))
     RETURNING t.session_id, s.user_id, s.client_id, s.scope, s.expires_at AS session_expires_at, u.roles
 ), issued AS (
     INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at)
@@ -229,6 +234,8 @@ impl super::Store for PgStore {
                 .bind(&r.sealed_successor)
                 .bind(r.ttl_secs)
                 .bind(&r.client_id)
+                .bind(r.authenticated)
+                .bind(&r.scope)
                 .bind(&r.caller_ip)
                 .bind(r.caller_agent)
                 .fetch_optional(&self.pool)
@@ -314,6 +321,18 @@ impl super::Store for PgStore {
                 .await?;
             Ok(claimed.is_some())
         })
+    }
+
+    fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<super::Client>> {
+        Box::pin(async move { Ok(super::clients::find(&self.pool, id).await?) })
+    }
+
+    fn create_client<'a>(&'a self, client: &'a super::Client) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(super::clients::insert(&self.pool, client).await?) })
+    }
+
+    fn clients(&self) -> StoreFuture<'_, Vec<super::Client>> {
+        Box::pin(async move { Ok(super::clients::list(&self.pool).await?) })
     }
 
     super::shared::queries!();

@@ -363,36 +363,6 @@ macro_rules! queries {
             })
         }
 
-        fn client<'a>(&'a self, id: &'a str) -> crate::store::StoreFuture<'a, Option<crate::store::Client>> {
-            Box::pin(async move {
-                let row = sqlx::query("SELECT id, name, secret_hash FROM clients WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(match row {
-                    Some(row) => Some(crate::store::Client {
-                        id: row.try_get("id")?,
-                        name: row.try_get("name")?,
-                        secret_hash: row.try_get("secret_hash")?,
-                    }),
-                    None => None,
-                })
-            })
-        }
-
-        fn create_client<'a>(&'a self, c: &'a crate::store::Client, now: i64) -> crate::store::StoreFuture<'a, ()> {
-            Box::pin(async move {
-                sqlx::query("INSERT INTO clients (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&c.id)
-                    .bind(&c.name)
-                    .bind(&c.secret_hash)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            })
-        }
-
         fn signing_keys(&self) -> crate::store::StoreFuture<'_, Vec<crate::tokens::keys::StoredKey>> {
             Box::pin(async move {
                 let rows = sqlx::query("SELECT * FROM signing_keys ORDER BY created_at, kid")

@@ -117,19 +117,22 @@ impl super::Store for SqliteStore {
     }
 
     /// SQLite has no data-modifying CTEs; the same rules run as one write transaction
-    /// that begins with the conditional spend, so the write lock picks the winner.
+    /// that begins with the conditional spend, so the write lock picks the winner. The
+    /// scope check (SQLite has no arrays) runs here, before commit.
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Option<Rotated>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
             let spent = sqlx::query(
                 "UPDATE refresh_tokens SET spent_at = max($3, CAST(strftime('%s', 'now') AS INTEGER)), \
                    successor_hash = $2, sealed_successor = $4, \
-                   spent_ip = $6, spent_agent = $7 \
+                   spent_ip = $7, spent_agent = $8 \
                  WHERE hash = $1 AND spent_at IS NULL AND expires_at > $3 AND EXISTS ( \
                    SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
                     WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL \
                       AND s.expires_at > $3 AND u.disabled_at IS NULL \
-                      AND ($5 IS NULL OR s.client_id = $5)) \
+                      AND ($5 IS NULL OR s.client_id = $5) \
+                      AND ($6 OR NOT EXISTS (SELECT 1 FROM clients c \
+                            WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))) \
                  RETURNING session_id",
             )
             .bind(&r.parent.0[..])
@@ -137,6 +140,7 @@ impl super::Store for SqliteStore {
             .bind(r.now)
             .bind(&r.sealed_successor)
             .bind(&r.client_id)
+            .bind(r.authenticated)
             .bind(&r.caller_ip)
             .bind(r.caller_agent)
             .fetch_optional(&mut *tx)
@@ -151,6 +155,11 @@ impl super::Store for SqliteStore {
             .bind(r.now)
             .fetch_one(&mut *tx)
             .await?;
+            let scope: String = session.try_get("scope")?;
+            if !super::scope_within(r.scope.as_deref(), &scope) {
+                // Dropping the transaction rolls the spend back.
+                return Ok(None);
+            }
             let session_expires_at: i64 = session.try_get("expires_at")?;
             let expires_at = (r.now + r.ttl_secs).min(session_expires_at);
             sqlx::query(
@@ -167,7 +176,7 @@ impl super::Store for SqliteStore {
                 session_id,
                 user_id: session.try_get("user_id")?,
                 client_id: session.try_get("client_id")?,
-                scope: session.try_get("scope")?,
+                scope,
                 roles: super::roles_from(session.try_get("roles")?),
                 expires_at,
             }))
@@ -264,6 +273,18 @@ impl super::Store for SqliteStore {
             tx.commit().await?;
             Ok(true)
         })
+    }
+
+    fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<super::Client>> {
+        Box::pin(async move { Ok(super::clients::find(&self.pool, id).await?) })
+    }
+
+    fn create_client<'a>(&'a self, client: &'a super::Client) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(super::clients::insert(&self.pool, client).await?) })
+    }
+
+    fn clients(&self) -> StoreFuture<'_, Vec<super::Client>> {
+        Box::pin(async move { Ok(super::clients::list(&self.pool).await?) })
     }
 
     super::shared::queries!();

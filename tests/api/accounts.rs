@@ -100,7 +100,7 @@ async fn signup_can_be_turned_off(backend: Backend) {
 }
 
 async fn login_succeeds_and_each_failure_has_its_code(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let app = spawn_app_with(backend, &[("TESSERA_DEFAULT_CLIENT_SCOPES", "read write")]).await;
     app.signup("frank@example.com", PASSWORD).await;
 
     let response = app

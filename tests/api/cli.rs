@@ -190,13 +190,29 @@ fn client_create_prints_the_secret_once_and_keys_rotate_adds_a_key() {
         "stored hashed"
     );
 
+    assert_eq!(created["scopes"], "", "no scopes unless given");
+
     let public = tessera()
-        .args(["client", "create", "--name", "spa"])
+        .args([
+            "client",
+            "create",
+            "--name",
+            "spa",
+            "--scopes",
+            "read  write read",
+        ])
         .env("TESSERA_DATABASE_URL", &url)
         .output()
         .unwrap();
     let public: serde_json::Value = serde_json::from_slice(&public.stdout).unwrap();
     assert!(public.get("client_secret").is_none());
+    assert_eq!(public["scopes"], "read write", "stored normalised");
+    let refused = tessera()
+        .args(["client", "create", "--name", "bad", "--scopes", "caf\u{e9}"])
+        .env("TESSERA_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "a malformed scope is refused");
 
     let rotate = |_: ()| {
         let out = tessera()

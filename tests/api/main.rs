@@ -8,6 +8,7 @@ mod abuse;
 mod accounts;
 mod admin;
 mod cli;
+mod clients;
 mod faults;
 mod invariants;
 mod lifecycle;

@@ -50,3 +50,15 @@ pub async fn count(app: &TestApp, sql: &str, id: uuid::Uuid) -> i64 {
             .unwrap()
     }
 }
+
+/// A `SELECT COUNT(*)` with no parameters, straight from the database.
+pub async fn count_all(app: &TestApp, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if app.database_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+    }
+}

@@ -15,6 +15,7 @@ mod lifecycle;
 mod logs;
 mod openapi;
 mod production;
+mod races;
 mod refresh;
 mod scaleout;
 mod services;

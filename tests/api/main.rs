@@ -14,6 +14,7 @@ mod invariants;
 mod lifecycle;
 mod logs;
 mod openapi;
+mod outage;
 mod production;
 mod races;
 mod refresh;

@@ -371,7 +371,7 @@ async fn stopping_postgres_under_load_answers_503_and_loses_nothing() {
     // The newest session a login opened works; so does every chain's newest token.
     newest.extend(handed.last().cloned());
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     println!(
         "PostgreSQL stopped for {:?} under {CHAINS} refresh chains and a login loop: {} refreshes ok ({ok_during} while down), {} x 503 (all with Retry-After: {}), logins {} ok / {} x 503, other {:?}, slowest refresh {:?}, first 200 {:?} after the restart",
         up_at - down_at,
@@ -398,7 +398,6 @@ async fn stopping_postgres_under_load_answers_503_and_loses_nothing() {
         recovered < Duration::from_secs(2),
         "resumed in {recovered:?}"
     );
-    drop(seen);
     assert_newest_tokens_work(&app.base, &newest).await;
     invariants::check(&app).await;
     drop(cluster);
@@ -468,7 +467,7 @@ async fn killing_the_server_under_load_loses_no_token() {
         newest.push(c.await.unwrap());
     }
     {
-        let seen = seen.lock().unwrap();
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
         println!(
             "server killed under {CHAINS} refresh chains: {} ok ({} after the restart), {} requests cut or refused while it was down, {} x 503, other {:?}",
             seen.ok,

@@ -4,6 +4,7 @@
 //! per backend.
 
 mod clients;
+mod lifecycle;
 mod postgres;
 mod shared;
 mod sqlite;

@@ -25,10 +25,6 @@ macro_rules! claim_replay_sql {
     };
 }
 
-/// The readiness write: one row, upserted.
-pub(crate) const READINESS_PROBE: &str = "INSERT INTO readiness_probe (id, at) VALUES (1, $1) \
-     ON CONFLICT (id) DO UPDATE SET at = excluded.at";
-
 /// Binds a session's columns, in `session_cols!` order, to the next ten parameters.
 macro_rules! bind_session {
     ($query:expr, $s:expr) => {

@@ -86,13 +86,7 @@ impl super::Store for SqliteStore {
     }
 
     fn ready(&self, now: i64) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            sqlx::query(super::shared::READINESS_PROBE)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
-        })
+        Box::pin(async move { Ok(super::lifecycle::readiness_write(&self.pool, now).await?) })
     }
 
     fn migrate(&self) -> StoreFuture<'_, ()> {
@@ -244,13 +238,7 @@ impl super::Store for SqliteStore {
     }
 
     fn revocations_max_seq(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async move {
-            Ok(
-                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM revocations")
-                    .fetch_one(&self.pool)
-                    .await?,
-            )
-        })
+        Box::pin(async move { Ok(super::lifecycle::revocations_max_seq(&self.pool).await?) })
     }
 
     fn claim_replay<'a>(

@@ -263,18 +263,7 @@ async fn a_disabled_user_gets_no_new_session(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     let now = tessera::http::extract::now();
-    let session = tessera::store::Session {
-        id: uuid::Uuid::now_v7(),
-        user_id,
-        client_id: "app".into(),
-        scope: String::new(),
-        created_at: now,
-        last_used_at: now,
-        expires_at: now + 3600,
-        revoked_at: None,
-        user_agent: None,
-        ip: None,
-    };
+    let session = TestApp::new_session(user_id, now);
     let token = tessera::tokens::refresh::RefreshToken::generate();
     let created = app
         .state

@@ -123,23 +123,10 @@ async fn a_read_only_database_is_503_and_unready_until_writable() {
 
     sqlx::query(set(false)).execute(&mut admin).await.unwrap();
     reconnect_all(&mut admin, &name).await;
-    let mut ready = false;
-    for _ in 0..100 {
-        if app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::OK
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "ready again once writes commit");
+    assert!(
+        app.wait_until_ready(Duration::from_secs(5)).await,
+        "ready again once writes commit"
+    );
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..10 {
         status = app.refresh(&token).await.0;

@@ -296,6 +296,36 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Polls `/readyz` until it answers 200, for at most `limit`; whether it did.
+    pub async fn wait_until_ready(&self, limit: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            let response = self.client.get(self.url("/readyz")).send().await;
+            if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A live session row for `user_id`, as a login would open it (tests that need
+    /// many sessions write them through the store, without a password hash each).
+    pub fn new_session(user_id: Uuid, now: i64) -> tessera::store::Session {
+        tessera::store::Session {
+            id: Uuid::now_v7(),
+            user_id,
+            client_id: "app".into(),
+            scope: String::new(),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + 86_400,
+            revoked_at: None,
+            user_agent: None,
+            ip: None,
+        }
+    }
+
     /// An unauthenticated GET, its body as text.
     pub async fn text(&self, path: &str) -> String {
         self.client

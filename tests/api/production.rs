@@ -537,23 +537,10 @@ async fn a_store_outage_is_503_with_retry_after_and_recovers() {
     );
 
     relay.restore();
-    let mut recovered = false;
-    for _ in 0..50 {
-        if app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::OK
-        {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "ready again once the store is back");
+    assert!(
+        app.wait_until_ready(Duration::from_secs(5)).await,
+        "ready again once the store is back"
+    );
     let (status, _) = app.refresh(&s(&tokens, "refresh_token")).await;
     assert_eq!(
         status,

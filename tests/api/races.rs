@@ -40,18 +40,7 @@ async fn open_sessions(app: &TestApp, n: usize) -> Vec<String> {
     let now = tessera::http::extract::now();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let session = tessera::store::Session {
-            id: uuid::Uuid::now_v7(),
-            user_id,
-            client_id: "app".into(),
-            scope: String::new(),
-            created_at: now,
-            last_used_at: now,
-            expires_at: now + 86_400,
-            revoked_at: None,
-            user_agent: None,
-            ip: None,
-        };
+        let session = TestApp::new_session(user_id, now);
         let token = tessera::tokens::refresh::RefreshToken::generate();
         let event = tessera::store::AuditEvent {
             at: now,

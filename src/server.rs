@@ -88,8 +88,8 @@ fn secret_key(config: &Config, backend: &str) -> Result<SecretKey, StartError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => SecretKey::parse(&text).map_err(StartError::SecretKey),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(file_err)?;
+            if let Some(dir) = path.parent() {
+                store::create_data_dir(dir).map_err(file_err)?;
             }
             let key = SecretKey::generate();
             write_private(&path, &key.to_base64()).map_err(file_err)?;

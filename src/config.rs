@@ -68,6 +68,10 @@ pub struct Config {
     pub database_acquire_timeout_ms: u32,
     pub database_max_connections: u32,
     pub log: String,
+    pub header_read_timeout_secs: u32,
+    pub idle_timeout_secs: u32,
+    pub max_connections: u32,
+    pub metrics_listen: String,
 }
 
 impl Config {
@@ -149,6 +153,7 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        self.check_transport()?;
         if !matches!(self.login_throttle.as_str(), "on" | "off") {
             return Err(invalid(
                 "login_throttle (TESSERA_LOGIN_THROTTLE)",
@@ -207,6 +212,50 @@ impl Config {
             .filter(|o| !o.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The connection limits are all needed: a zero would lock everyone out.
+    fn check_transport(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "header_read_timeout_secs (TESSERA_HEADER_READ_TIMEOUT_SECS)",
+                self.header_read_timeout_secs,
+            ),
+            (
+                "idle_timeout_secs (TESSERA_IDLE_TIMEOUT_SECS)",
+                self.idle_timeout_secs,
+            ),
+            (
+                "max_connections (TESSERA_MAX_CONNECTIONS)",
+                self.max_connections,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        self.metrics_listen().map(drop)
+    }
+
+    /// The separate metrics address, if one is configured ("" turns it off).
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let raw = self.metrics_listen.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        raw.parse().map(Some).map_err(|_| {
+            invalid(
+                "metrics_listen (TESSERA_METRICS_LISTEN)",
+                format!("{raw:?} is not an address such as 127.0.0.1:9090"),
+            )
+        })
+    }
+
+    /// Whether the main listener answers `/metrics`: with a token, or when only this
+    /// machine can reach it. Otherwise metrics are on `metrics_listen` alone.
+    pub fn metrics_on_main_listener(&self) -> bool {
+        !self.metrics_token.expose_secret().is_empty() || self.listen.ip().is_loopback()
     }
 
     /// Password hashes allowed at once: the configured number, or one per core.

@@ -16,3 +16,4 @@ mod scaleout;
 mod services;
 mod sessions;
 mod tokens;
+mod transport;

@@ -1,0 +1,202 @@
+//! The HTTP/1 accept loop. `axum::serve` holds a connection for as long as the client
+//! likes and accepts without limit, so a few hundred clients sending half a header can
+//! use up the process's file descriptors and lock everyone out. Here every connection
+//! lives under a header-read and an idle timeout ([`activity`]), and the number of open
+//! connections is capped below the descriptor limit: past the cap a new connection is
+//! answered 503 + `Retry-After` and closed, so the server keeps accepting and the slow
+//! ones are evicted by their timeouts.
+
+pub mod activity;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::service::Service as _;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+pub use activity::Timeouts;
+use activity::{Activity, InFlight, Watched};
+
+/// How one listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+}
+
+/// What a client past the cap reads before the connection closes.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\ncache-control: no-store\r\n\
+connection: close\r\ncontent-length: 78\r\n\r\n\
+{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections\"}";
+
+/// Refusals that may wait (briefly) for the client's request to arrive, so that closing
+/// does not reset the connection before the 503 is read. Past these, a refused
+/// connection is closed at once: a refusal must never hold many descriptors.
+const LINGERING_REFUSALS: usize = 32;
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then waits for the open
+/// connections to finish their requests (idle ones close at once).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let lingering = Arc::new(Semaphore::new(LINGERING_REFUSALS));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timeouts are ours (see `activity`): hyper's one timer cannot tell a slow
+    // header from an idle connection.
+    http.header_read_timeout(None);
+    let service = TowerToHyperService::new(app);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "connection cap reached: refusing a connection"
+            );
+            refuse(stream, lingering.clone());
+            continue;
+        };
+        // Responses go out at once, not held back by Nagle's algorithm waiting for an ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let activity = Activity::new();
+        let requests = {
+            let (service, activity) = (service.clone(), activity.clone());
+            hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let in_flight = activity.begin();
+                let response = service.call(request);
+                async move {
+                    let response: axum::response::Response = match response.await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                    Ok::<_, Infallible>(response.map(|body| Tracked { body, in_flight }))
+                }
+            })
+        };
+        let io = TokioIo::new(Watched {
+            io: stream,
+            activity: activity.clone(),
+        });
+        let connection = graceful.watch(http.serve_connection(io, requests));
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = activity.expired(limits.timeouts) => {
+                    tracing::debug!(%peer, "closing a slow or idle connection");
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// As `axum::serve` does: errors of one connection are skipped; others (out of file
+/// descriptors) pause accepting a moment rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; pausing for 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Answers 503 without reading the request, and closes.
+fn refuse(stream: TcpStream, lingering: Arc<Semaphore>) {
+    // An empty socket buffer takes the whole answer at once; if it does not, the
+    // client gets a closed connection, which is as clean.
+    let _ = stream.try_write(REFUSAL);
+    let Ok(permit) = lingering.try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped, so
+/// a long response (a revocation stream) is never taken for an idle connection.
+struct Tracked {
+    body: axum::body::Body,
+    #[allow(dead_code)]
+    in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The most connections that fit in the process's file descriptors: the soft limit is
+/// raised to the hard one first; `reserve` is kept for everything else (database
+/// connections, files, the other listener).
+pub fn connection_room(reserve: u64) -> Option<u64> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?.0
+        }
+    };
+    Some(limit.saturating_sub(reserve))
+}

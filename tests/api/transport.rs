@@ -1,0 +1,337 @@
+//! What slow or greedy clients cannot do to everyone else: hold connections forever
+//! (header-read and idle timeouts), use up the connection slots (the cap), read metrics
+//! from the network, or read the database from another account on the machine.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Backend, PASSWORD, TestApp, s, spawn_app_with, spawn_instance, temp_dir};
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// A connection that has sent the start of a request head and then nothing more.
+async fn half_header(app: &TestApp) -> TcpStream {
+    let mut stream = TcpStream::connect(addr(app)).await.unwrap();
+    stream
+        .write_all(b"POST /oauth/token HTTP/1.1\r\nHost: tessera\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection, or `within` passes: what was read,
+/// and whether it was closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&seen).into(), false),
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_half_sent_header_is_closed_after_the_header_read_timeout() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[("TESSERA_HEADER_READ_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let mut slow = half_header(&app).await;
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "a connection with a half-sent header is still open 5 s after a 1 s header timeout"
+    );
+    // A client that never sends a byte is no better off.
+    let mut silent = TcpStream::connect(addr(&app)).await.unwrap();
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection is still open after 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "30"),
+            ("TESSERA_IDLE_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr(&app)).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: tessera\r\n\r\n";
+    for _ in 0..2 {
+        conn.write_all(request).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "kept alive between requests"
+        );
+    }
+    let (_, closed) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        closed,
+        "an idle connection outlived a 1 s idle timeout by 10 s (the 30 s header timeout does not apply between requests)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_stream_outlives_the_idle_timeout() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "1"),
+            ("TESSERA_IDLE_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let (id, secret) = crate::services::service_client(&app).await;
+    let (_, tokens) = app.user_with_session().await;
+    let mut stream = app
+        .client
+        .get(app.url("/v1/revocations"))
+        .basic_auth(&id, Some(&secret))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // Past both timeouts with nothing sent: a response in flight is not idle.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.logout(&s(&tokens, "access_token")).await,
+        StatusCode::NO_CONTENT
+    );
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: revocation") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "the stream was cut: {seen:?}");
+}
+
+/// Sign-up, login, then `refreshes` refreshes: how long the login and each refresh took.
+async fn normal_client(app: &TestApp, refreshes: usize) -> (Duration, Vec<Duration>) {
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, body) = app.signup(&email, PASSWORD).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let started = Instant::now();
+    let (status, mut tokens) = app.login(&email, PASSWORD).await;
+    let login = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let mut times = Vec::new();
+    for _ in 0..refreshes {
+        let started = Instant::now();
+        let (status, next) = app.refresh(&s(&tokens, "refresh_token")).await;
+        times.push(started.elapsed());
+        assert_eq!(status, StatusCode::OK, "{next}");
+        tokens = next;
+    }
+    times.sort();
+    (login, times)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_slow_connections_do_not_keep_a_client_out() {
+    // A long header timeout: the slow connections stay for the whole measurement.
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[("TESSERA_HEADER_READ_TIMEOUT_SECS", "120")],
+    )
+    .await;
+    let (login_alone, refresh_alone) = normal_client(&app, 50).await;
+
+    let mut slow = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        slow.push(half_header(&app).await);
+    }
+    let (login_loaded, refresh_loaded) = normal_client(&app, 50).await;
+    // They were all still held while the client was served.
+    for conn in slow.iter_mut().step_by(97) {
+        let (_, closed) = read_until_closed(conn, Duration::from_millis(20)).await;
+        assert!(!closed, "a slow connection was dropped early");
+    }
+    let p = |t: &[Duration], q: f64| ms(t[((t.len() - 1) as f64 * q) as usize]);
+    println!(
+        "normal client, unloaded: login {:.1} ms, refresh p50 {:.2} ms p99 {:.2} ms; \
+         with 1000 slow connections open: login {:.1} ms, refresh p50 {:.2} ms p99 {:.2} ms",
+        ms(login_alone),
+        p(&refresh_alone, 0.5),
+        p(&refresh_alone, 0.99),
+        ms(login_loaded),
+        p(&refresh_loaded, 0.5),
+        p(&refresh_loaded, 0.99),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_connection_cap_clients_get_503_until_the_timeout_frees_slots() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_MAX_CONNECTIONS", "50"),
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(addr(&app)).await.unwrap());
+    }
+    // The ten past the cap: answered at once, and closed.
+    for conn in &mut idle[50..] {
+        let (seen, closed) = read_until_closed(conn, Duration::from_millis(900)).await;
+        assert!(
+            seen.starts_with("HTTP/1.1 503") && seen.contains("retry-after: 1") && closed,
+            "a connection past the cap got {seen:?} (closed: {closed})"
+        );
+    }
+    let refused = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(s(&body, "error"), "temporarily_unavailable");
+
+    // The header timeout evicts the idle fifty; then everyone is served again.
+    for conn in &mut idle[..50] {
+        let (_, closed) = read_until_closed(conn, Duration::from_secs(5)).await;
+        assert!(closed, "an idle connection held its slot past the timeout");
+    }
+    let (login, _) = normal_client(&app, 1).await;
+    assert!(login > Duration::ZERO);
+}
+
+/// A free loopback port for a second listener.
+async fn free_port() -> u16 {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_on_a_network_listener_need_a_token_or_the_metrics_address() {
+    let port = free_port().await;
+    let metrics_listen = format!("127.0.0.1:{port}");
+    let open = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_LISTEN", "0.0.0.0:0"),
+            ("TESSERA_METRICS_LISTEN", &metrics_listen),
+        ],
+    )
+    .await;
+    let main = open.client.get(open.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        main.status(),
+        StatusCode::NOT_FOUND,
+        "/metrics is served to the network on 0.0.0.0 with no token"
+    );
+    assert_eq!(
+        open.client
+            .get(open.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let local = open
+        .client
+        .get(format!("http://{metrics_listen}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), StatusCode::OK);
+    assert!(
+        local
+            .text()
+            .await
+            .unwrap()
+            .contains("tessera_http_requests_total")
+    );
+
+    // With a token the main listener serves metrics behind it, and no second port opens.
+    let port = free_port().await;
+    let guarded = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_LISTEN", "0.0.0.0:0"),
+            ("TESSERA_METRICS_TOKEN", "scrape-me"),
+            ("TESSERA_METRICS_LISTEN", &format!("127.0.0.1:{port}")),
+        ],
+    )
+    .await;
+    let metrics = |token: Option<&str>| {
+        let request = guarded.client.get(guarded.url("/metrics"));
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(metrics(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(metrics(Some("scrape-me")).await, StatusCode::OK);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "no metrics listener when the main one serves metrics"
+    );
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_sqlite_database_is_readable_by_its_owner_alone() {
+    let data = temp_dir().join("fresh").join("data");
+    let url = format!("sqlite://{}", data.join("tessera.db").display());
+    // No secret key: one is generated into the data folder too.
+    let app = spawn_instance(&url, "", &[]).await;
+    app.user_with_session().await;
+    assert_eq!(mode(&data), 0o700, "the data folder Tessera created");
+    for file in [
+        "tessera.db",
+        "tessera.db-wal",
+        "tessera.db-shm",
+        "secret.key",
+    ] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+
+    // A folder the operator made is theirs: left as it is, the database still private.
+    let theirs = temp_dir().join("shared");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let url = format!("sqlite://{}", theirs.join("tessera.db").display());
+    let app = spawn_instance(&url, &app.secret_key, &[]).await;
+    app.user_with_session().await;
+    assert_eq!(mode(&theirs), 0o755);
+    assert_eq!(mode(&theirs.join("tessera.db")), 0o600);
+}

@@ -365,4 +365,29 @@ mod tests {
         assert!(err.contains("listen"), "{err}");
         Ok(())
     }
+
+    #[test]
+    fn connection_limits_and_the_metrics_address_are_checked_at_start() {
+        for (name, bad) in [
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("TESSERA_IDLE_TIMEOUT_SECS", "0"),
+            ("TESSERA_MAX_CONNECTIONS", "0"),
+            ("TESSERA_METRICS_LISTEN", "localhost"),
+        ] {
+            let err = Config::load(vars(&[(name, bad)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(name), "{name}={bad}: {err}");
+        }
+        let open = Config::load(vars(&[("TESSERA_LISTEN", "0.0.0.0:8080")])).unwrap();
+        assert!(!open.metrics_on_main_listener());
+        assert_eq!(
+            open.metrics_listen().unwrap(),
+            "127.0.0.1:9090".parse().ok()
+        );
+        let off = Config::load(vars(&[("TESSERA_METRICS_LISTEN", "")])).unwrap();
+        assert_eq!(off.metrics_listen().unwrap(), None);
+        assert!(off.metrics_on_main_listener(), "loopback: as before");
+    }
 }

@@ -219,7 +219,9 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// hard maximum first): descriptors must never run out, or nobody gets in.
 fn connection_cap(config: &Config) -> usize {
     let wanted = u64::from(config.max_connections);
-    let reserve = u64::from(config.database_max_connections) + METRICS_CONNECTIONS as u64 + 64;
+    // Two listeners' extras, the database pool, and 64 for files, logs and the runtime.
+    let extras = METRICS_CONNECTIONS + 2 * transport::BEYOND_CAP + 64;
+    let reserve = u64::from(config.database_max_connections) + extras as u64;
     let cap = match transport::connection_room(reserve) {
         Some(room) if room < wanted => {
             tracing::warn!(

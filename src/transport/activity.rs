@@ -42,6 +42,8 @@ enum Phase {
 struct State {
     phase: Phase,
     write_stalled_since: Option<Instant>,
+    /// Closed to make room for a new connection (see `Open::evict_one`).
+    evicted: bool,
 }
 
 /// Shared by the connection's I/O, its requests and its watchdog.
@@ -64,6 +66,7 @@ impl Activity {
                     first_request: true,
                 },
                 write_stalled_since: None,
+                evicted: false,
             }),
             awaiting_byte: AtomicBool::new(true),
             changed: Notify::new(),
@@ -76,6 +79,8 @@ impl Activity {
     }
 
     /// A request head has been read: held until its response body is done or dropped.
+    /// (On a connection just evicted, the request dies with the connection: the client
+    /// sees it closed before any answer, as with any closed keep-alive connection.)
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.awaiting_byte.store(false, Ordering::Relaxed);
         self.update(|s| {
@@ -130,9 +135,38 @@ impl Activity {
         }
     }
 
+    /// Marks the connection for closing if no request is in flight on it; checked and
+    /// set under one lock, so a request that has begun is never cut.
+    pub fn evict_if_waiting(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.evicted || matches!(state.phase, Phase::Busy(_)) {
+            return false;
+        }
+        state.evicted = true;
+        drop(state);
+        self.changed.notify_one();
+        true
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .evicted
+    }
+
+    #[cfg(test)]
+    pub fn is_waiting(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        !state.evicted && matches!(state.phase, Phase::Waiting { .. })
+    }
+
     /// When this connection is due to be closed, if it is.
     fn deadline(&self, t: Timeouts) -> Option<Instant> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.evicted {
+            return Some(Instant::now());
+        }
         let waiting = match state.phase {
             Phase::Busy(_) => None,
             Phase::Waiting {
@@ -319,6 +353,18 @@ mod tests {
         );
         a.write_stalled(false);
         assert_eq!(a.deadline(T), None);
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_without_a_request_in_flight_is_evicted() {
+        let a = Activity::new();
+        let request = a.begin();
+        assert!(!a.evict_if_waiting(), "a request in flight is never cut");
+        drop(request);
+        assert!(a.is_waiting());
+        assert!(a.evict_if_waiting());
+        assert!(!a.is_waiting() && !a.evict_if_waiting(), "evicted once");
+        assert!(a.deadline(T).is_some_and(|d| d <= Instant::now()));
     }
 
     #[tokio::test]

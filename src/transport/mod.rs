@@ -2,11 +2,14 @@
 //! likes and accepts without limit, so a few hundred clients sending half a header can
 //! use up the process's file descriptors and lock everyone out. Here every connection
 //! lives under a header-read and an idle timeout ([`activity`]), and the number of open
-//! connections is capped below the descriptor limit: past the cap a new connection is
-//! answered 503 + `Retry-After` and closed, so the server keeps accepting and the slow
-//! ones are evicted by their timeouts.
+//! connections is capped below the descriptor limit. At the cap, a new connection takes
+//! the place of the oldest one with no request in flight (a slow or idle client:
+//! [`open`]); only when every connection is busy with a request is the new one answered
+//! 503 + `Retry-After` and closed. Descriptors never run out, and connections that send
+//! nothing cannot keep a client out.
 
 pub mod activity;
+mod open;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,14 +21,15 @@ use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::Service as _;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use activity::Timeouts;
 use activity::{Activity, InFlight, Watched};
+use open::Open;
 
 /// How one listener treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +44,9 @@ content-type: application/json\r\nretry-after: 1\r\ncache-control: no-store\r\n\
 connection: close\r\ncontent-length: 78\r\n\r\n\
 {\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections\"}";
 
-/// Refusals that may wait (briefly) for the client's request to arrive, so that closing
-/// does not reset the connection before the 503 is read. Past these, a refused
-/// connection is closed at once: a refusal must never hold many descriptors.
+/// Refusals answered at once (each holds its descriptor for at most 2 x `LINGER`). Past
+/// these, a refused connection is closed without an answer: refusing must never hold
+/// many descriptors.
 const LINGERING_REFUSALS: usize = 32;
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -54,14 +58,21 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Open::new(limits.max_connections));
     let lingering = Arc::new(Semaphore::new(LINGERING_REFUSALS));
+    let evicting = Arc::new(Semaphore::new(EVICTIONS_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timeouts are ours (see `activity`): hyper's one timer cannot tell a slow
     // header from an idle connection.
     http.header_read_timeout(None);
-    let service = TowerToHyperService::new(app);
+    let serving = Arc::new(Serving {
+        http,
+        service: TowerToHyperService::new(app),
+        timeouts: limits.timeouts,
+        open: open.clone(),
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -74,21 +85,66 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            serving.spawn(stream, peer, slot, graceful.watcher());
+        } else if let Some(waiting) = evicting.clone().try_acquire_owned().ok()
+            && open.evict_one()
+        {
+            // The evicted connection gives its slot back as soon as its task sees it.
+            let (slots, serving) = (slots.clone(), serving.clone());
+            let (watcher, lingering) = (graceful.watcher(), lingering.clone());
+            tokio::spawn(async move {
+                let slot = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await;
+                drop(waiting);
+                match slot {
+                    Ok(Ok(slot)) => serving.spawn(stream, peer, slot, watcher),
+                    _ => refuse(stream, lingering),
+                }
+            });
+        } else {
             tracing::warn!(
                 max_connections = limits.max_connections,
-                "connection cap reached: refusing a connection"
+                "every connection has a request in flight: refusing a connection"
             );
             refuse(stream, lingering.clone());
-            continue;
-        };
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// How long a connection that evicted another waits for the freed slot, and how many
+/// may wait at once (each holds a descriptor beyond the cap meanwhile).
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+const EVICTIONS_AT_ONCE: usize = 32;
+
+/// Descriptors one listener may hold beyond its cap, while refusing or evicting.
+pub const BEYOND_CAP: usize = LINGERING_REFUSALS + EVICTIONS_AT_ONCE;
+
+/// What every connection of one listener shares.
+struct Serving {
+    http: hyper::server::conn::http1::Builder,
+    service: TowerToHyperService<Router>,
+    timeouts: Timeouts,
+    open: Arc<Open>,
+}
+
+impl Serving {
+    fn spawn(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        slot: OwnedSemaphorePermit,
+        watcher: Watcher,
+    ) {
         // Responses go out at once, not held back by Nagle's algorithm waiting for an ACK.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let activity = Activity::new();
+        self.open.add(&activity);
         let requests = {
-            let (service, activity) = (service.clone(), activity.clone());
+            let (service, activity) = (self.service.clone(), activity.clone());
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let in_flight = activity.begin();
@@ -106,7 +162,8 @@ pub async fn serve(
             io: stream,
             activity: activity.clone(),
         });
-        let connection = graceful.watch(http.serve_connection(io, requests));
+        let connection = watcher.watch(self.http.serve_connection(io, requests));
+        let timeouts = self.timeouts;
         tokio::spawn(async move {
             tokio::select! {
                 result = connection => {
@@ -114,15 +171,13 @@ pub async fn serve(
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
-                () = activity.expired(limits.timeouts) => {
-                    tracing::debug!(%peer, "closing a slow or idle connection");
+                () = activity.expired(timeouts) => {
+                    tracing::debug!(%peer, "closing a slow, idle or evicted connection");
                 }
             }
-            drop(permit);
+            drop(slot);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 /// As `axum::serve` does: errors of one connection are skipped; others (out of file
@@ -139,18 +194,20 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Answers 503 without reading the request, and closes.
+/// Answers 503 and closes. The request is read first (briefly): an HTTP client takes
+/// an answer that comes before its request for a broken connection, and closing with
+/// its request unread would reset the connection under the answer.
 fn refuse(stream: TcpStream, lingering: Arc<Semaphore>) {
-    // An empty socket buffer takes the whole answer at once; if it does not, the
-    // client gets a closed connection, which is as clean.
-    let _ = stream.try_write(REFUSAL);
     let Ok(permit) = lingering.try_acquire_owned() else {
+        // Too many refusals at once: closing is the cheapest clean answer.
         return;
     };
     tokio::spawn(async move {
         let mut stream = stream;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, stream.read(&mut sink)).await;
+        let _ = tokio::time::timeout(LINGER, stream.write_all(REFUSAL)).await;
         let _ = stream.shutdown().await;
-        let mut sink = [0u8; 1024];
         let _ = tokio::time::timeout(LINGER, async {
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
@@ -199,4 +256,16 @@ pub fn connection_room(reserve: u64) -> Option<u64> {
         }
     };
     Some(limit.saturating_sub(reserve))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_refusal_is_one_well_formed_response() {
+        let text = std::str::from_utf8(super::REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "temporarily_unavailable");
+    }
 }

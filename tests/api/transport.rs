@@ -186,40 +186,82 @@ async fn a_thousand_slow_connections_do_not_keep_a_client_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn past_the_connection_cap_clients_get_503_until_the_timeout_frees_slots() {
+async fn at_the_connection_cap_silent_connections_make_room_for_a_client() {
+    // A long header timeout: only the cap's eviction can let the client in.
     let app = spawn_app_with(
         Backend::Sqlite,
         &[
             ("TESSERA_MAX_CONNECTIONS", "50"),
-            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "1"),
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "60"),
         ],
     )
     .await;
-    let mut idle = Vec::new();
+    let mut silent = Vec::new();
     for _ in 0..60 {
-        idle.push(TcpStream::connect(addr(&app)).await.unwrap());
+        silent.push(TcpStream::connect(addr(&app)).await.unwrap());
     }
-    // The ten past the cap: answered at once, and closed.
-    for conn in &mut idle[50..] {
-        let (seen, closed) = read_until_closed(conn, Duration::from_millis(900)).await;
-        assert!(
-            seen.starts_with("HTTP/1.1 503") && seen.contains("retry-after: 1") && closed,
-            "a connection past the cap got {seen:?} (closed: {closed})"
-        );
+    let (login, refreshes) = normal_client(&app, 3).await;
+    assert_eq!((login > Duration::ZERO, refreshes.len()), (true, 3));
+
+    let mut closed = Vec::new();
+    for conn in &mut silent {
+        closed.push(read_until_closed(conn, Duration::from_millis(50)).await.1);
     }
+    let evicted = closed.iter().take_while(|c| **c).count();
+    assert!(
+        evicted >= 11 && closed[evicted..].iter().all(|c| !c),
+        "the oldest silent connections make room (10 past the cap, 1 for the client), \
+         and only they: {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_every_connection_is_busy_a_new_one_gets_503_with_retry_after() {
+    let app = spawn_app_with(Backend::Sqlite, &[("TESSERA_MAX_CONNECTIONS", "2")]).await;
+    let (id, secret) = crate::services::service_client(&app).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let stream = reqwest::Client::new()
+            .get(app.url("/v1/revocations"))
+            .basic_auth(&id, Some(&secret))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        streams.push(stream);
+    }
+    let mut raw = TcpStream::connect(addr(&app)).await.unwrap();
+    let (seen, closed) = read_until_closed(&mut raw, Duration::from_secs(5)).await;
+    assert!(
+        seen.starts_with("HTTP/1.1 503") && seen.contains("retry-after: 1") && closed,
+        "a connection past a full cap got {seen:?} (closed: {closed})"
+    );
     let refused = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(s(&body, "error"), "temporarily_unavailable");
 
-    // The header timeout evicts the idle fifty; then everyone is served again.
-    for conn in &mut idle[..50] {
-        let (_, closed) = read_until_closed(conn, Duration::from_secs(5)).await;
-        assert!(closed, "an idle connection held its slot past the timeout");
+    // A stream ends: its slot is free again.
+    streams.pop();
+    let mut served = false;
+    for _ in 0..50 {
+        if app
+            .client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .map(|r| r.status())
+            .ok()
+            == Some(StatusCode::OK)
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (login, _) = normal_client(&app, 1).await;
-    assert!(login > Duration::ZERO);
+    assert!(served, "the freed slot serves the next client");
 }
 
 /// A free loopback port for a second listener.
@@ -297,14 +339,12 @@ async fn metrics_on_a_network_listener_need_a_token_or_the_metrics_address() {
     );
 }
 
+/// The permission bits, in octal as `ls -l` and `chmod` speak them.
 #[cfg(unix)]
-fn mode(path: &std::path::Path) -> u32 {
+fn octal(path: &std::path::Path) -> String {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:o}", meta.permissions().mode() & 0o777)
 }
 
 #[cfg(unix)]
@@ -315,14 +355,14 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_alone() {
     // No secret key: one is generated into the data folder too.
     let app = spawn_instance(&url, "", &[]).await;
     app.user_with_session().await;
-    assert_eq!(mode(&data), 0o700, "the data folder Tessera created");
+    assert_eq!(octal(&data), "700", "the data folder Tessera created");
     for file in [
         "tessera.db",
         "tessera.db-wal",
         "tessera.db-shm",
         "secret.key",
     ] {
-        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+        assert_eq!(octal(&data.join(file)), "600", "{file}");
     }
 
     // A folder the operator made is theirs: left as it is, the database still private.
@@ -332,6 +372,111 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_alone() {
     let url = format!("sqlite://{}", theirs.join("tessera.db").display());
     let app = spawn_instance(&url, &app.secret_key, &[]).await;
     app.user_with_session().await;
-    assert_eq!(mode(&theirs), 0o755);
-    assert_eq!(mode(&theirs.join("tessera.db")), 0o600);
+    assert_eq!(octal(&theirs), "755", "the operator's folder is left alone");
+    assert_eq!(octal(&theirs.join("tessera.db")), "600");
+}
+
+/// The issue's numbers: a process limited to 1,024 open files (soft and hard, so it
+/// cannot raise it) and 1,100 half-sent headers. Before, the server ran out of
+/// descriptors and stopped accepting anyone.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_a_1024_file_limit_1100_slow_connections_do_not_stop_the_server() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("prlimit (util-linux) is needed for this test");
+    }
+    let dir = temp_dir();
+    let port = free_port().await;
+    let mut server = std::process::Command::new("prlimit");
+    server
+        .args(["--nofile=1024:1024", "--"])
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .arg("serve")
+        .current_dir(&dir);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
+        server.env_remove(key);
+    }
+    let mut server = server
+        .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..600 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut slow = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = conn.write_all(b"GET / HTTP/1.1\r\nHost: tessera\r\n").await;
+            slow.push(conn);
+        }
+    }
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let signup = client
+        .post(format!("{base}/v1/signup"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .map(|r| r.status());
+    let login = client
+        .post(format!("{base}/oauth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", email.as_str()),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await;
+    let login = match login {
+        Ok(r) => Ok((
+            r.status(),
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )),
+        Err(e) => Err(e),
+    };
+    let refresh = match &login {
+        Ok((_, tokens)) => client
+            .post(format!("{base}/oauth/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", s(tokens, "refresh_token").as_str()),
+            ])
+            .send()
+            .await
+            .map(|r| r.status()),
+        Err(_) => Ok(StatusCode::IM_A_TEAPOT),
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up, "the server did not start");
+    assert_eq!(
+        (
+            signup.map_err(|e| e.to_string()),
+            login.map(|l| l.0).map_err(|e| e.to_string()),
+            refresh.map_err(|e| e.to_string())
+        ),
+        (
+            Ok(StatusCode::CREATED),
+            Ok(StatusCode::OK),
+            Ok(StatusCode::OK)
+        ),
+        "a normal client with {} slow connections open at a 1,024 file limit",
+        slow.len()
+    );
 }

@@ -44,7 +44,13 @@ struct State {
     write_stalled_since: Option<Instant>,
     /// Closed to make room for a new connection (see `Open::evict_one`).
     evicted: bool,
+    /// The new connection that gets this one's slot when it closes.
+    heir: Option<Heir>,
 }
+
+/// Where an evicted connection hands its slot: straight to the connection that evicted
+/// it, so that no other newcomer can take it in between.
+pub type Heir = tokio::sync::oneshot::Sender<tokio::sync::OwnedSemaphorePermit>;
 
 /// Shared by the connection's I/O, its requests and its watchdog.
 #[derive(Debug)]
@@ -67,6 +73,7 @@ impl Activity {
                 },
                 write_stalled_since: None,
                 evicted: false,
+                heir: None,
             }),
             awaiting_byte: AtomicBool::new(true),
             changed: Notify::new(),
@@ -137,15 +144,26 @@ impl Activity {
 
     /// Marks the connection for closing if no request is in flight on it; checked and
     /// set under one lock, so a request that has begun is never cut.
-    pub fn evict_if_waiting(&self) -> bool {
+    /// `heir` (taken when evicted) receives the slot once the connection has closed.
+    pub fn evict_if_waiting(&self, heir: &mut Option<Heir>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.evicted || matches!(state.phase, Phase::Busy(_)) {
             return false;
         }
         state.evicted = true;
+        state.heir = heir.take();
         drop(state);
         self.changed.notify_one();
         true
+    }
+
+    /// Who gets this connection's slot, if it was evicted.
+    pub fn take_heir(&self) -> Option<Heir> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .heir
+            .take()
     }
 
     pub fn is_evicted(&self) -> bool {
@@ -359,12 +377,26 @@ mod tests {
     async fn only_a_connection_without_a_request_in_flight_is_evicted() {
         let a = Activity::new();
         let request = a.begin();
-        assert!(!a.evict_if_waiting(), "a request in flight is never cut");
+        let (heir, mut slot) = tokio::sync::oneshot::channel();
+        let mut heir = Some(heir);
+        assert!(
+            !a.evict_if_waiting(&mut heir),
+            "a request in flight is never cut"
+        );
+        assert!(heir.is_some(), "and the heir is kept for another");
         drop(request);
         assert!(a.is_waiting());
-        assert!(a.evict_if_waiting());
-        assert!(!a.is_waiting() && !a.evict_if_waiting(), "evicted once");
+        assert!(a.evict_if_waiting(&mut heir));
+        assert!(
+            !a.is_waiting() && !a.evict_if_waiting(&mut None),
+            "evicted once"
+        );
         assert!(a.deadline(T).is_some_and(|d| d <= Instant::now()));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        assert!(a.take_heir().unwrap().send(permit).is_ok());
+        assert!(slot.try_recv().is_ok(), "the slot went to the heir");
     }
 
     #[tokio::test]

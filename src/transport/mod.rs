@@ -74,6 +74,7 @@ pub async fn serve(
         open: open.clone(),
     });
     tokio::pin!(shutdown);
+    let (mut refused, mut last_warning) = (0u64, None::<std::time::Instant>);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -87,31 +88,42 @@ pub async fn serve(
         };
         if let Ok(slot) = slots.clone().try_acquire_owned() {
             serving.spawn(stream, peer, slot, graceful.watcher());
-        } else if let Some(waiting) = evicting.clone().try_acquire_owned().ok()
-            && open.evict_one()
+            continue;
+        }
+        let (heir, inheritance) = tokio::sync::oneshot::channel();
+        let mut heir = Some(heir);
+        if let Ok(waiting) = evicting.clone().try_acquire_owned()
+            && open.evict_one(&mut heir)
         {
-            // The evicted connection gives its slot back as soon as its task sees it.
-            let (slots, serving) = (slots.clone(), serving.clone());
+            let serving = serving.clone();
             let (watcher, lingering) = (graceful.watcher(), lingering.clone());
             tokio::spawn(async move {
-                let slot = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await;
+                let slot = tokio::time::timeout(EVICTION_WAIT, inheritance).await;
                 drop(waiting);
                 match slot {
                     Ok(Ok(slot)) => serving.spawn(stream, peer, slot, watcher),
                     _ => refuse(stream, lingering),
                 }
             });
-        } else {
+            continue;
+        }
+        refused += 1;
+        if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             tracing::warn!(
                 max_connections = limits.max_connections,
-                "every connection has a request in flight: refusing a connection"
+                refused,
+                "connection cap reached with every connection busy: refusing with 503"
             );
-            refuse(stream, lingering.clone());
+            (refused, last_warning) = (0, Some(std::time::Instant::now()));
         }
+        refuse(stream, lingering.clone());
     }
     drop(listener);
     graceful.shutdown().await;
 }
+
+/// Refusals are logged at most this often (with their count), not one line each.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a connection that evicted another waits for the freed slot, and how many
 /// may wait at once (each holds a descriptor beyond the cap meanwhile).
@@ -175,7 +187,10 @@ impl Serving {
                     tracing::debug!(%peer, "closing a slow, idle or evicted connection");
                 }
             }
-            drop(slot);
+            // Evicted: the slot goes to the connection that took this one's place.
+            if let Some(heir) = activity.take_heir() {
+                let _ = heir.send(slot);
+            }
         });
     }
 }

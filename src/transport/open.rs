@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::activity::Activity;
+use super::activity::{Activity, Heir};
 
 /// Entries looked at per eviction: bounds the work a flood of new connections causes
 /// when the oldest ones are all busy (those are moved to the back and looked at last).
@@ -37,9 +37,9 @@ impl Open {
         queue.push_back(Arc::downgrade(activity));
     }
 
-    /// Closes the oldest connection that has no request in flight; false when none
-    /// of those looked at is waiting.
-    pub fn evict_one(&self) -> bool {
+    /// Closes the oldest connection that has no request in flight, its slot going to
+    /// `heir`; false when none of those looked at is waiting.
+    pub fn evict_one(&self, heir: &mut Option<Heir>) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         for _ in 0..SCAN {
             let Some(entry) = queue.pop_front() else {
@@ -48,7 +48,7 @@ impl Open {
             let Some(activity) = entry.upgrade() else {
                 continue;
             };
-            if activity.evict_if_waiting() {
+            if activity.evict_if_waiting(heir) {
                 return true;
             }
             // Busy: looked at again later. Already evicted: on its way out.
@@ -72,12 +72,12 @@ mod tests {
             open.add(a);
         }
         let _request = busy.begin();
-        assert!(open.evict_one());
+        assert!(open.evict_one(&mut None));
         assert!(!oldest.is_waiting(), "the oldest waiting one went");
         assert!(newest.is_waiting() && !busy.is_waiting());
-        assert!(open.evict_one());
+        assert!(open.evict_one(&mut None));
         assert!(!newest.is_waiting());
-        assert!(!open.evict_one(), "only a busy connection is left");
+        assert!(!open.evict_one(&mut None), "only a busy connection is left");
         assert!(!busy.is_evicted(), "and it was not touched");
     }
 
@@ -88,6 +88,6 @@ mod tests {
             open.add(&Activity::new());
         }
         assert!(open.queue.lock().unwrap().len() <= 4);
-        assert!(!open.evict_one(), "all of them are gone");
+        assert!(!open.evict_one(&mut None), "all of them are gone");
     }
 }

@@ -10,13 +10,10 @@
 //! times out here, except a response the client stops reading: a write that cannot
 //! progress for `idle` closes the connection too.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -119,7 +116,7 @@ impl Activity {
         }
     }
 
-    fn read_some(&self) {
+    pub(super) fn read_some(&self) {
         if self.awaiting_byte.swap(false, Ordering::Relaxed) {
             self.update(|s| {
                 if let Phase::Waiting { first_byte, .. } = &mut s.phase {
@@ -129,7 +126,7 @@ impl Activity {
         }
     }
 
-    fn write_stalled(&self, stalled: bool) {
+    pub(super) fn write_stalled(&self, stalled: bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match (stalled, state.write_stalled_since) {
             (true, None) => {
@@ -229,67 +226,6 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.end();
-    }
-}
-
-/// The connection's socket, reporting reads and stalled writes to its [`Activity`].
-pub struct Watched<S> {
-    pub io: S,
-    pub activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.read_some();
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Watched<S> {
-    fn note<T>(&self, result: Poll<T>) -> Poll<T> {
-        self.activity.write_stalled(result.is_pending());
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.note(result)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.note(result)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let result = Pin::new(&mut self.io).poll_flush(cx);
-        self.note(result)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

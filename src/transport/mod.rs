@@ -10,6 +10,7 @@
 
 pub mod activity;
 mod open;
+mod watched;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,8 +29,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use activity::Timeouts;
-use activity::{Activity, InFlight, Watched};
+use activity::{Activity, InFlight};
 use open::Open;
+use watched::Watched;
 
 /// How one listener treats its connections.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +168,10 @@ impl Serving {
                         Ok(response) => response,
                         Err(never) => match never {},
                     };
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body, in_flight }))
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
                 }
             })
         };
@@ -235,8 +240,7 @@ fn refuse(stream: TcpStream, lingering: Arc<Semaphore>) {
 /// a long response (a revocation stream) is never taken for an idle connection.
 struct Tracked {
     body: axum::body::Body,
-    #[allow(dead_code)]
-    in_flight: InFlight,
+    _in_flight: InFlight,
 }
 
 impl hyper::body::Body for Tracked {

@@ -114,7 +114,7 @@ pub async fn serve(
             tracing::warn!(
                 max_connections = limits.max_connections,
                 refused,
-                "connection cap reached with every connection busy: refusing with 503"
+                "connection cap reached and no connection could make room: refusing with 503"
             );
             (refused, last_warning) = (0, Some(std::time::Instant::now()));
         }

@@ -23,6 +23,10 @@ USER tessera
 WORKDIR /data
 # Configuration comes from the environment: TESSERA_<KEY> for every key of
 # config/default.toml. SQLite in the /data volume unless TESSERA_DATABASE_URL says otherwise.
+# On 0.0.0.0 with no TESSERA_METRICS_TOKEN, /metrics is not on port 8080 but on
+# 127.0.0.1:9090 inside the container (TESSERA_METRICS_LISTEN): set a token to scrape
+# port 8080, or TESSERA_METRICS_LISTEN=0.0.0.0:9090 on a network only the scraper reaches.
+# The healthcheck asks /healthz on port 8080, which stays open.
 ENV TESSERA_LISTEN=0.0.0.0:8080 \
     TESSERA_DATABASE_URL=sqlite:///data/tessera.db \
     TESSERA_LOG_FORMAT=json

@@ -78,6 +78,10 @@ pub struct Config {
     pub database_max_connections: u32,
     pub log: String,
     pub default_client_scopes: String,
+    pub header_read_timeout_secs: u32,
+    pub idle_timeout_secs: u32,
+    pub max_connections: u32,
+    pub metrics_listen: String,
 }
 
 impl Config {
@@ -185,6 +189,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_transport()?;
         if !matches!(self.login_throttle.as_str(), "on" | "off") {
             return Err(invalid(
                 "login_throttle (TESSERA_LOGIN_THROTTLE)",
@@ -250,6 +255,50 @@ impl Config {
             .filter(|o| !o.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The connection limits are all needed: a zero would lock everyone out.
+    fn check_transport(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "header_read_timeout_secs (TESSERA_HEADER_READ_TIMEOUT_SECS)",
+                self.header_read_timeout_secs,
+            ),
+            (
+                "idle_timeout_secs (TESSERA_IDLE_TIMEOUT_SECS)",
+                self.idle_timeout_secs,
+            ),
+            (
+                "max_connections (TESSERA_MAX_CONNECTIONS)",
+                self.max_connections,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        self.metrics_listen().map(drop)
+    }
+
+    /// The separate metrics address, if one is configured ("" turns it off).
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let raw = self.metrics_listen.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        raw.parse().map(Some).map_err(|_| {
+            invalid(
+                "metrics_listen (TESSERA_METRICS_LISTEN)",
+                format!("{raw:?} is not an address such as 127.0.0.1:9090"),
+            )
+        })
+    }
+
+    /// Whether the main listener answers `/metrics`: with a token, or when only this
+    /// machine can reach it. Otherwise metrics are on `metrics_listen` alone.
+    pub fn metrics_on_main_listener(&self) -> bool {
+        !self.metrics_token.expose_secret().is_empty() || self.listen.ip().is_loopback()
     }
 
     /// Password hashes allowed at once: the configured number, or one per core.
@@ -374,5 +423,30 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("TESSERA_DEFAULT_CLIENT_SCOPES"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn connection_limits_and_the_metrics_address_are_checked_at_start() {
+        for (name, bad) in [
+            ("TESSERA_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("TESSERA_IDLE_TIMEOUT_SECS", "0"),
+            ("TESSERA_MAX_CONNECTIONS", "0"),
+            ("TESSERA_METRICS_LISTEN", "localhost"),
+        ] {
+            let err = Config::load(vars(&[(name, bad)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(name), "{name}={bad}: {err}");
+        }
+        let open = Config::load(vars(&[("TESSERA_LISTEN", "0.0.0.0:8080")])).unwrap();
+        assert!(!open.metrics_on_main_listener());
+        assert_eq!(
+            open.metrics_listen().unwrap(),
+            "127.0.0.1:9090".parse().ok()
+        );
+        let off = Config::load(vars(&[("TESSERA_METRICS_LISTEN", "")])).unwrap();
+        assert_eq!(off.metrics_listen().unwrap(), None);
+        assert!(off.metrics_on_main_listener(), "loopback: as before");
     }
 }

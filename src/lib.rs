@@ -20,4 +20,6 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod tokens;
+#[cfg(feature = "server")]
+pub mod transport;
 pub mod verify;

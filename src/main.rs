@@ -117,6 +117,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         Command::Serve => {
             let server = Server::bind(&config).await?;
             tracing::info!(addr = %server.local_addr()?, store = server.state().auth.store.backend(), "tessera listening");
+            if let Some(addr) = server.metrics_addr() {
+                tracing::info!(%addr, "metrics listening (loopback unless TESSERA_METRICS_LISTEN says otherwise)");
+            }
             server.run(server::shutdown_signal()).await
         }
         Command::Healthcheck => {

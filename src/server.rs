@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
@@ -18,6 +17,7 @@ use crate::passwords::Passwords;
 use crate::store::{self, Store, StoreError};
 use crate::tokens::access::AccessTokens;
 use crate::tokens::keys::{KeyError, SecretKey, SharedSecret};
+use crate::transport::{self, Limits, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,8 +93,8 @@ fn secret_key(config: &Config, backend: &str) -> Result<SecretKey, StartError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => SecretKey::parse(&text).map_err(StartError::SecretKey),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(file_err)?;
+            if let Some(dir) = path.parent() {
+                store::create_data_dir(dir).map_err(file_err)?;
             }
             let key = SecretKey::generate();
             write_private(&path, &key.to_base64()).map_err(file_err)?;
@@ -217,34 +217,75 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     })
 }
 
+/// Connections the metrics listener holds at most: a scraper or two.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// A server bound to its address, ready to serve.
 pub struct Server {
     listener: TcpListener,
+    /// Only when the main listener does not answer `/metrics` (see `metrics_listen`).
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     http: http::HttpSettings,
+    limits: Limits,
     key_reload: Duration,
     janitor_interval: Duration,
     drain: Duration,
 }
 
+async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// The configured connection cap, lowered to fit the open-file limit (raised to its
+/// hard maximum first): descriptors must never run out, or nobody gets in.
+fn connection_cap(config: &Config) -> usize {
+    let wanted = u64::from(config.max_connections);
+    // Two listeners' extras, the database pool, and 64 for files, logs and the runtime.
+    let extras = METRICS_CONNECTIONS + 2 * transport::BEYOND_CAP + 64;
+    let reserve = u64::from(config.database_max_connections) + extras as u64;
+    let cap = match transport::connection_room(reserve) {
+        Some(room) if room < wanted => {
+            tracing::warn!(
+                max_connections = wanted,
+                lowered_to = room,
+                "max_connections (TESSERA_MAX_CONNECTIONS) does not fit the open-file limit; raise the limit (ulimit -n) or lower the cap"
+            );
+            room.max(1)
+        }
+        _ => wanted,
+    };
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
 impl Server {
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let state = build_state(config).await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).await?;
+        let serve_metrics = config.metrics_on_main_listener();
+        let metrics_listener = match config.metrics_listen()? {
+            Some(addr) if !serve_metrics => Some(listen(addr).await?),
+            _ => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             http: http::HttpSettings {
                 max_body_bytes: config.max_body_bytes as usize,
                 max_header_bytes: config.max_header_bytes as usize,
                 request_timeout: Duration::from_secs(u64::from(config.request_timeout_secs)),
                 cors_origins: config.cors_origins(),
+                serve_metrics,
+            },
+            limits: Limits {
+                timeouts: Timeouts {
+                    header_read: Duration::from_secs(u64::from(config.header_read_timeout_secs)),
+                    idle: Duration::from_secs(u64::from(config.idle_timeout_secs)),
+                },
+                max_connections: connection_cap(config),
             },
             drain: Duration::from_secs(u64::from(config.shutdown_drain_secs)),
             key_reload: Duration::from_secs(u64::from(config.key_reload_secs)),
@@ -256,6 +297,13 @@ impl Server {
         self.listener
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))
+    }
+
+    /// The separate metrics listener's address, when it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -290,19 +338,24 @@ impl Server {
             tracing::info!(drain_secs = drain.as_secs(), "draining: readiness is 503");
             tokio::time::sleep(drain).await;
         };
-        // Responses go out at once, not held back by Nagle's algorithm waiting for an ACK.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
+        // The metrics listener stops with the main one.
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics_listener.map(|listener| {
+            let limits = Limits {
+                max_connections: METRICS_CONNECTIONS,
+                ..self.limits
+            };
+            let app = http::metrics_router(self.state.clone());
+            tokio::spawn(transport::serve(listener, app, limits, async move {
+                let _ = metrics_stopped.await;
+            }))
         });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| StartError::Other(e.to_string()))
+        transport::serve(self.listener, app, self.limits, shutdown).await;
+        let _ = stop_metrics.send(());
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,8 @@ pub struct HttpSettings {
     pub max_header_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub cors_origins: Vec<String>,
+    /// Whether this listener answers `/metrics` (see `Config::metrics_on_main_listener`).
+    pub serve_metrics: bool,
 }
 
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
@@ -70,6 +72,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(services::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(if settings.serve_metrics {
+            ops::metrics_router()
+        } else {
+            Router::new()
+        })
         .merge(openapi::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
@@ -103,6 +110,13 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         header::PROXY_AUTHORIZATION,
     ]))
     .with_state(state)
+}
+
+/// The metrics listener: `/metrics` alone, reachable only where the operator bound it.
+pub fn metrics_router(state: AppState) -> Router {
+    ops::metrics_router()
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(state)
 }
 
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {

@@ -1,4 +1,4 @@
-//! Operators: liveness and readiness.
+//! Operators: liveness, readiness and metrics.
 
 use axum::Json;
 use axum::Router;
@@ -18,7 +18,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// Not merged into the main router when that listener is open to the network without a
+/// token: metrics then have their own loopback listener.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
@@ -51,7 +56,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
 }
 
 /// Prometheus text format; behind a bearer token when one is configured.
-#[utoipa::path(get, path = "/metrics", tag = "ops", description = "Prometheus text format; a bearer token if TESSERA_METRICS_TOKEN is set.", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text"), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", description = "Prometheus text format; a bearer token if TESSERA_METRICS_TOKEN is set. On a listener that is not loopback and with no token, 404 here: metrics are then served on TESSERA_METRICS_LISTEN (loopback by default) only.", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text"), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 404, description = "Not served on this listener (see TESSERA_METRICS_LISTEN)", body = crate::http::error::Body)))]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,

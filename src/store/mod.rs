@@ -19,7 +19,7 @@ use crate::tokens::keys::StoredKey;
 use crate::tokens::refresh::TokenHash;
 
 pub use postgres::PgStore;
-pub use sqlite::{SqliteStore, sqlite_path};
+pub use sqlite::{SqliteStore, create_data_dir, sqlite_path};
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

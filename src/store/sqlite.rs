@@ -1,6 +1,7 @@
 //! SQLite: the zero-setup store, one file, one instance. WAL mode; writers queue on
 //! SQLite's write lock (busy timeout) so concurrent rotations still have one winner.
 
+use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::migrate::Migrator;
@@ -27,9 +28,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its folder.
     pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
-        let dir = sqlite_path(url).and_then(|p| p.parent().map(ToOwned::to_owned));
-        if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(&dir).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
+        if let Some(path) = sqlite_path(url) {
+            create_private_file(&path).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
         }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -63,6 +63,60 @@ impl SqliteStore {
     fn announced(&self, revocations: Vec<Revocation>) {
         for r in revocations {
             let _ = self.feed.send(r);
+        }
+    }
+}
+
+/// Creates the data folder, readable by this user alone (0700), if it is missing. A
+/// folder that exists is the operator's (it may be /tmp or shared on purpose): left as is.
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// The database holds password hashes and sessions: a new one is created 0600 before
+/// SQLite opens it (SQLite gives its -wal and -shm files the database file's mode). An
+/// existing database keeps its mode, with a warning if others can read it: the
+/// operator may share it on purpose, and we do not change what we did not create.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_data_dir(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %file.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the database is readable by other users; chmod 600 it unless that is meant"
+            );
         }
     }
 }

@@ -15,4 +15,5 @@ mod refresh;
 mod scaleout;
 mod services;
 mod sessions;
+mod throttle;
 mod tokens;

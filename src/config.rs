@@ -60,6 +60,8 @@ pub struct Config {
     pub login_attempts_per_address: u32,
     pub login_failures_before_backoff: u32,
     pub login_backoff_max_secs: u32,
+    pub login_account_ceiling: u32,
+    pub signup_attempts_per_address: u32,
     pub trusted_proxies: String,
     pub cors_allowed_origins: String,
     pub metrics_token: SecretString,
@@ -138,6 +140,11 @@ impl Config {
             (
                 "login_attempts_per_address",
                 self.login_attempts_per_address,
+            ),
+            ("login_account_ceiling", self.login_account_ceiling),
+            (
+                "signup_attempts_per_address",
+                self.signup_attempts_per_address,
             ),
             (
                 "database_acquire_timeout_ms",

@@ -262,7 +262,11 @@ async fn a_distributed_attack_meets_the_account_ceiling_and_the_owner_waits_a_bo
         "{checked} guesses checked with a ceiling of {ceiling}"
     );
     // A fresh address is always let in once (here, the owner's first from a café).
-    assert!(owner_login(&app, &caller("192.0.2.77"), owner_at).await.is_ok());
+    assert!(
+        owner_login(&app, &caller("192.0.2.77"), owner_at)
+            .await
+            .is_ok()
+    );
 
     // The worst case for the owner: a typo from home while the account is over the
     // ceiling. The right password is refused then, for a bounded time, and gets in at
@@ -297,9 +301,7 @@ async fn a_distributed_attack_meets_the_account_ceiling_and_the_owner_waits_a_bo
     );
 }
 
-async fn a_signup_flood_from_one_address_is_throttled_and_logins_elsewhere_go_on(
-    backend: Backend,
-) {
+async fn a_signup_flood_from_one_address_is_throttled_and_logins_elsewhere_go_on(backend: Backend) {
     let limit = 3;
     let app = spawn_app_with(
         backend,
@@ -411,9 +413,7 @@ async fn every_forwarded_for_line_is_read_in_order(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    let (_, list) = app
-        .get("/v1/sessions", &s(&tokens, "access_token"))
-        .await;
+    let (_, list) = app.get("/v1/sessions", &s(&tokens, "access_token")).await;
     assert_eq!(
         list["sessions"][0]["ip"], "198.51.100.23",
         "the address the trusted proxy appended, not the forged first line: {list}"

@@ -122,13 +122,13 @@ impl Auth {
             .store
             .throttle_hit(&account, now, FAILURE_MEMORY_SECS)
             .await?;
+        if on_account == policy.account_ceiling + 1 {
+            self.audit_throttle(now, ip, "login_account_ceiling", on_account, 0)
+                .await?;
+        }
         // Past the ceiling, a place that has failed on this account since its last
         // success waits for its failures to be forgotten; a place without one goes on.
         if on_account > policy.account_ceiling && attempts > 1 {
-            if on_account == policy.account_ceiling + 1 {
-                self.audit_throttle(now, ip, "login_account_ceiling", on_account, 0)
-                    .await?;
-            }
             return self.throttled((pair_start + FAILURE_MEMORY_SECS - now).max(1));
         }
         if attempts > policy.failures_before_backoff {

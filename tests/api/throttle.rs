@@ -261,6 +261,14 @@ async fn a_distributed_attack_meets_the_account_ceiling_and_the_owner_waits_a_bo
         checked <= ceiling + attackers.len(),
         "{checked} guesses checked with a ceiling of {ceiling}"
     );
+    let crossings = app
+        .state
+        .auth
+        .store
+        .audit_events(None, Some("login_account_ceiling"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(crossings.len(), 1, "crossing the ceiling is audited once");
     // A fresh address is always let in once (here, the owner's first from a café).
     assert!(
         owner_login(&app, &caller("192.0.2.77"), owner_at)

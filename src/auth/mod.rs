@@ -148,6 +148,7 @@ pub struct Auth {
     pub throttle: ThrottlePolicy,
     keys: RwLock<Arc<KeySet>>,
     clients: clients::ClientCache,
+    signup_refusals: throttle::Refusals,
 }
 
 /// What an [`Auth`] is made of.
@@ -173,6 +174,7 @@ impl Auth {
             throttle: parts.throttle,
             metrics: parts.metrics,
             clients: clients::ClientCache::default(),
+            signup_refusals: throttle::Refusals::default(),
             keys: RwLock::new(Arc::new(parts.keys)),
         }
     }

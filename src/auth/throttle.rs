@@ -9,7 +9,9 @@
 //! recent failure (the owner's, as a rule) always has. README.md has the numbers.
 //! A throttled attempt is refused before any password hashing.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
 
 use super::{Auth, AuthError};
 use crate::metrics::LoginOutcome;
@@ -56,6 +58,35 @@ pub fn place_of(ip: &str) -> String {
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
         Err(_) => ip.to_owned(),
+    }
+}
+
+/// Places whose sign-ups are refused, and until when. A fixed window's count only
+/// grows until the window ends, so a place refused once is refused until then on every
+/// instance: its further attempts are refused here, without a store write each (a
+/// flood's requests then cost as little as they can).
+#[derive(Default)]
+pub(super) struct Refusals(Mutex<HashMap<String, i64>>);
+
+/// Past this many places remembered, the expired ones are forgotten (all of them, if
+/// none has expired: the store still has the counts).
+const MAX_REMEMBERED: usize = 10_000;
+
+impl Refusals {
+    fn until(&self, place: &str, now: i64) -> Option<i64> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(place).copied().filter(|until| *until > now)
+    }
+
+    fn remember(&self, place: String, until: i64, now: i64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_REMEMBERED {
+            map.retain(|_, u| *u > now);
+            if map.len() >= MAX_REMEMBERED {
+                map.clear();
+            }
+        }
+        map.insert(place, until);
     }
 }
 
@@ -154,15 +185,18 @@ impl Auth {
         let (true, Some(ip)) = (policy.enabled, ip) else {
             return Ok(());
         };
-        let key = format!("signup:{}", place_of(ip));
+        let place = place_of(ip);
+        if let Some(until) = self.signup_refusals.until(&place, now) {
+            return Err(AuthError::Throttled(until - now));
+        }
         let (start, hits) = self
             .store
-            .throttle_hit(&key, now, ADDRESS_WINDOW_SECS)
+            .throttle_hit(&format!("signup:{place}"), now, ADDRESS_WINDOW_SECS)
             .await?;
         if hits > policy.signups_per_address {
-            return Err(AuthError::Throttled(
-                (start + ADDRESS_WINDOW_SECS - now).max(1),
-            ));
+            let until = start + ADDRESS_WINDOW_SECS;
+            self.signup_refusals.remember(place, until, now);
+            return Err(AuthError::Throttled((until - now).max(1)));
         }
         Ok(())
     }
@@ -245,6 +279,20 @@ mod tests {
         assert_ne!(place_of("2001:db8:1:3::1"), place_of("2001:db8:1:2::1"));
         assert_eq!(place_of("::1"), "0:0:0:0::/64");
         assert_eq!(place_of("not an address"), "not an address");
+    }
+
+    #[test]
+    fn refusals_are_remembered_until_their_window_ends_and_stay_bounded() {
+        let refusals = Refusals::default();
+        refusals.remember("198.51.100.7".into(), 160, 100);
+        assert_eq!(refusals.until("198.51.100.7", 159), Some(160));
+        assert_eq!(refusals.until("198.51.100.7", 160), None);
+        assert_eq!(refusals.until("203.0.113.9", 100), None);
+        for i in 0..MAX_REMEMBERED + 5 {
+            refusals.remember(format!("place {i}"), 1_000, 200);
+        }
+        let remembered = refusals.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(remembered <= MAX_REMEMBERED, "{remembered}");
     }
 
     #[test]

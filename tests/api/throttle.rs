@@ -323,21 +323,23 @@ async fn a_signup_flood_from_one_address_is_throttled_and_logins_elsewhere_go_on
         signup_from(&app, "192.0.2.1", OWNER).await.status(),
         StatusCode::CREATED
     );
-    let flood = (0..12).map(|i| {
-        let (client, url) = (app.client.clone(), app.url("/v1/signup"));
-        tokio::spawn(async move {
-            let body = json!({"email": format!("bot{i}@example.com"), "password": PASSWORD});
-            let response = client
-                .post(url)
-                .header("x-forwarded-for", "198.51.100.7")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let retry = response.headers().get("retry-after").cloned();
-            (json(response).await, retry)
+    let flood = (0..12)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/v1/signup"));
+            tokio::spawn(async move {
+                let body = json!({"email": format!("bot{i}@example.com"), "password": PASSWORD});
+                let response = client
+                    .post(url)
+                    .header("x-forwarded-for", "198.51.100.7")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = response.headers().get("retry-after").cloned();
+                (json(response).await, retry)
+            })
         })
-    });
+        .collect::<Vec<_>>();
     let mut created = 0;
     for request in flood {
         let ((status, body), retry) = request.await.unwrap();

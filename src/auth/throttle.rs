@@ -105,6 +105,41 @@ fn account_key(email: &str) -> String {
     )
 }
 
+/// The counts of one login attempt, this attempt included: on its account from its
+/// place (and when that count began), and on its account from every place.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    attempts: i64,
+    pair_start: i64,
+    on_account: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    /// Allowed if this attempt wins the place's next backoff window, `wait` long.
+    Claim {
+        wait: i64,
+    },
+    /// Refused; retry after this many seconds.
+    Refuse(i64),
+}
+
+/// The rule, for an attempt whose place is not in a backoff window now.
+fn verdict(policy: &ThrottlePolicy, counts: Counts, now: i64) -> Verdict {
+    // Past the ceiling, a place that has failed on this account since its last success
+    // waits for its failures to be forgotten; a place without one goes on.
+    if counts.on_account > policy.account_ceiling && counts.attempts > 1 {
+        return Verdict::Refuse((counts.pair_start + FAILURE_MEMORY_SECS - now).max(1));
+    }
+    if counts.attempts > policy.failures_before_backoff {
+        return Verdict::Claim {
+            wait: backoff_secs(counts.attempts - 1, policy),
+        };
+    }
+    Verdict::Allow
+}
+
 /// One account's failures from one place (`-`: no address known).
 fn pair_key(account: &str, place: Option<&str>) -> String {
     format!("{account}@{}", place.unwrap_or("-"))
@@ -157,21 +192,23 @@ impl Auth {
             self.audit_throttle(now, ip, "login_account_ceiling", on_account, 0)
                 .await?;
         }
-        // Past the ceiling, a place that has failed on this account since its last
-        // success waits for its failures to be forgotten; a place without one goes on.
-        if on_account > policy.account_ceiling && attempts > 1 {
-            return self.throttled((pair_start + FAILURE_MEMORY_SECS - now).max(1));
-        }
-        if attempts > policy.failures_before_backoff {
-            let wait = backoff_secs(attempts - 1, policy);
-            if !self.store.throttle_claim(&pair, now + wait, now).await? {
-                let blocked_until = self.store.throttle_blocked_until(&pair).await?;
-                return self.throttled((blocked_until - now).max(1));
+        let counts = Counts {
+            attempts,
+            pair_start,
+            on_account,
+        };
+        match verdict(policy, counts, now) {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse(retry_after) => self.throttled(retry_after),
+            Verdict::Claim { wait } => {
+                if !self.store.throttle_claim(&pair, now + wait, now).await? {
+                    let blocked_until = self.store.throttle_blocked_until(&pair).await?;
+                    return self.throttled((blocked_until - now).max(1));
+                }
+                self.audit_throttle(now, ip, "login_backoff", attempts, wait)
+                    .await
             }
-            self.audit_throttle(now, ip, "login_backoff", attempts, wait)
-                .await?;
         }
-        Ok(())
     }
 
     /// Counts a sign-up (one that passed validation, so would reach the store and
@@ -252,16 +289,61 @@ impl Auth {
 mod tests {
     use super::*;
 
+    const POLICY: ThrottlePolicy = ThrottlePolicy {
+        enabled: true,
+        per_address: 30,
+        failures_before_backoff: 5,
+        backoff_max_secs: 60,
+        account_ceiling: 100,
+        signups_per_address: 20,
+    };
+
+    fn counts(attempts: i64, on_account: i64) -> Counts {
+        Counts {
+            attempts,
+            pair_start: 1_000,
+            on_account,
+        }
+    }
+
+    #[test]
+    fn below_every_limit_an_attempt_goes_ahead() {
+        assert_eq!(verdict(&POLICY, counts(5, 100), 1_010), Verdict::Allow);
+    }
+
+    #[test]
+    fn past_the_threshold_a_place_claims_its_next_backoff_window() {
+        assert_eq!(
+            verdict(&POLICY, counts(6, 6), 1_010),
+            Verdict::Claim { wait: 2 }
+        );
+        assert_eq!(
+            verdict(&POLICY, counts(9, 9), 1_010),
+            Verdict::Claim { wait: 16 }
+        );
+    }
+
+    #[test]
+    fn past_the_ceiling_a_place_that_failed_waits_out_its_window() {
+        assert_eq!(
+            verdict(&POLICY, counts(2, 101), 1_010),
+            Verdict::Refuse(FAILURE_MEMORY_SECS - 10)
+        );
+        // Never less than a second, never more than the window.
+        assert_eq!(
+            verdict(&POLICY, counts(2, 101), 1_000 + FAILURE_MEMORY_SECS),
+            Verdict::Refuse(1)
+        );
+    }
+
+    #[test]
+    fn past_the_ceiling_a_place_without_failures_goes_ahead() {
+        assert_eq!(verdict(&POLICY, counts(1, 5_000), 1_010), Verdict::Allow);
+    }
+
     #[test]
     fn backoff_doubles_after_the_threshold_and_is_capped() {
-        let policy = ThrottlePolicy {
-            enabled: true,
-            per_address: 30,
-            failures_before_backoff: 5,
-            backoff_max_secs: 60,
-            account_ceiling: 100,
-            signups_per_address: 20,
-        };
+        let policy = POLICY;
         let waits: Vec<i64> = (1..=13).map(|f| backoff_secs(f, &policy)).collect();
         assert_eq!(waits, vec![0, 0, 0, 0, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
         assert_eq!(backoff_secs(i64::MAX / 2, &policy), 60);

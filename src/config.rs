@@ -323,4 +323,19 @@ mod tests {
         assert!(err.contains("listen"), "{err}");
         Ok(())
     }
+
+    #[test]
+    fn throttle_limits_must_be_positive() {
+        for key in [
+            "TESSERA_LOGIN_ACCOUNT_CEILING",
+            "TESSERA_SIGNUP_ATTEMPTS_PER_ADDRESS",
+        ] {
+            let err = Config::load(vars(&[(key, "0")]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let name = key.trim_start_matches("TESSERA_").to_ascii_lowercase();
+            assert!(err.contains(&name), "{key}: {err}");
+        }
+    }
 }

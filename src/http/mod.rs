@@ -105,9 +105,9 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 }
 
 /// A throttled request (429) is answered after this delay. A client honouring
-/// `Retry-After` (at least a second) loses nothing; one that ignores it, a flood, gets
-/// an answer a second per connection instead of thousands, so its refusals cannot take
-/// the CPU that password hashing (at the lowest priority) needs for everyone else.
+/// `Retry-After` (at least a second) waits a second more; one that ignores it, a flood,
+/// gets an answer a second per connection instead of thousands, so its refusals cannot
+/// take the CPU that password hashing (at the lowest priority) needs for everyone else.
 const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn slow_refusals(response: axum::response::Response) -> axum::response::Response {

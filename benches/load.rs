@@ -3,6 +3,7 @@
 //! the one-statement rotation through sqlx at the same concurrency with no HTTP.
 //!
 //! Also: login against argon2 on every core, refresh latency during a login flood,
+//! login latency during a sign-up flood from another address (`signup_flood/`),
 //! introspection, JWKS, `/v1/me`, and the server's memory.
 //!
 //! Also the verifier beside raw `jsonwebtoken::decode`. It ends with every target of
@@ -13,7 +14,8 @@
 //! TESSERA_BENCH_SECS, default 8; TESSERA_BENCH_CONCURRENCY, default "16,32";
 //! TESSERA_BENCH_POOL, the database pool of the server and of the sqlx limit, default
 //! the highest concurrency; TESSERA_BENCH_SCENARIOS, default
-//! "refresh,login,flood,services,verify"). Other TESSERA_* variables reach the server.
+//! "refresh,login,flood,signup_flood,services,verify"). Other TESSERA_* variables reach
+//! the server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor};
 
 mod common;
+mod signup_flood;
 use tessera::store::{AuditEvent, Rotation, Session, Store};
 use tessera::tokens::refresh::RefreshToken;
 use uuid::Uuid;
@@ -252,7 +255,8 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn start_server(url: &str, secret: &str, pool: u32) -> ServerProcess {
+/// `extra` environment variables override the defaults set here.
+async fn start_server(url: &str, secret: &str, pool: u32, extra: &[(&str, &str)]) -> ServerProcess {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -267,6 +271,7 @@ async fn start_server(url: &str, secret: &str, pool: u32) -> ServerProcess {
         .env("TESSERA_LOGIN_THROTTLE", "off")
         .env("TESSERA_PASSWORD_HASH_QUEUE_TIMEOUT_MS", "30000")
         .env("TESSERA_DATABASE_MAX_CONNECTIONS", pool.to_string())
+        .envs(extra.iter().copied())
         .spawn()
         .unwrap();
     let server = ServerProcess {
@@ -384,13 +389,13 @@ async fn main() {
         .unwrap();
     let scenarios = env(
         "TESSERA_BENCH_SCENARIOS",
-        "refresh,login,flood,services,verify",
+        "refresh,login,flood,signup_flood,services,verify",
     );
     let on = |name: &str| scenarios.split(',').any(|s| s.trim() == name);
 
     let url = fresh_database(&admin_url).await;
     let secret = tessera::tokens::keys::SecretKey::generate().to_base64();
-    let server = start_server(&url, &secret, pool).await;
+    let server = start_server(&url, &secret, pool, &[]).await;
     let base = server.base.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = server.rss_kib("VmRSS:");
@@ -558,6 +563,15 @@ async fn main() {
                 rss_flood_peak / 1024
             ),
             rss_flood_peak <= 100 * 1000,
+        );
+    }
+    if on("signup_flood") {
+        let (ratio, about) = signup_flood::run(&admin_url, pool, secs).await;
+        verdict(
+            format!(
+                "login p99 during a sign-up flood from another address <= 2x unloaded: {ratio:.2}x ({about})"
+            ),
+            ratio <= 2.0,
         );
     }
     if on("services") {

@@ -61,6 +61,8 @@ pub struct Config {
     pub login_attempts_per_address: u32,
     pub login_failures_before_backoff: u32,
     pub login_backoff_max_secs: u32,
+    pub login_account_ceiling: u32,
+    pub signup_attempts_per_address: u32,
     pub trusted_proxies: String,
     pub cors_allowed_origins: String,
     pub metrics_token: SecretString,
@@ -152,6 +154,11 @@ impl Config {
             (
                 "login_attempts_per_address",
                 self.login_attempts_per_address,
+            ),
+            ("login_account_ceiling", self.login_account_ceiling),
+            (
+                "signup_attempts_per_address",
+                self.signup_attempts_per_address,
             ),
             (
                 "database_acquire_timeout_ms",
@@ -448,5 +455,20 @@ mod tests {
         let off = Config::load(vars(&[("TESSERA_METRICS_LISTEN", "")])).unwrap();
         assert_eq!(off.metrics_listen().unwrap(), None);
         assert!(off.metrics_on_main_listener(), "loopback: as before");
+    }
+
+    #[test]
+    fn throttle_limits_must_be_positive() {
+        for key in [
+            "TESSERA_LOGIN_ACCOUNT_CEILING",
+            "TESSERA_SIGNUP_ATTEMPTS_PER_ADDRESS",
+        ] {
+            let err = Config::load(vars(&[(key, "0")]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let name = key.trim_start_matches("TESSERA_").to_ascii_lowercase();
+            assert!(err.contains(&name), "{key}: {err}");
+        }
     }
 }

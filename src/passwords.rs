@@ -328,13 +328,23 @@ impl Passwords {
     /// Runs one request's handling, noting afterwards whether it hashed: requests that
     /// did not are the "other traffic" that spare slots are kept for.
     pub async fn track<F: Future>(&self, request: F) -> F::Output {
+        self.track_when(request, |_| true).await
+    }
+
+    /// As [`Self::track`], but an answer `counts` rejects is no traffic at all: a
+    /// throttled refusal, say, whose flood must not hold a hashing slot idle for itself.
+    pub async fn track_when<F: Future>(
+        &self,
+        request: F,
+        counts: impl FnOnce(&F::Output) -> bool,
+    ) -> F::Output {
         let (output, hashed) = HASHED
             .scope(Cell::new(false), async {
                 let output = request.await;
                 (output, HASHED.with(Cell::get))
             })
             .await;
-        if !hashed {
+        if !hashed && counts(&output) {
             self.inner.gate.note_other_traffic();
         }
         output
@@ -494,6 +504,17 @@ mod tests {
         passwords
             .track(passwords.hash(&"whatever password".into()))
             .await?;
+        assert!(
+            passwords
+                .inner
+                .gate
+                .other_traffic_left(Instant::now())
+                .is_zero()
+        );
+        // Nor is an answer the caller says does not count (a throttled refusal).
+        passwords
+            .track_when(async { 429 }, |status| *status != 429)
+            .await;
         assert!(
             passwords
                 .inner

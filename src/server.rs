@@ -156,6 +156,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         per_address: i64::from(config.login_attempts_per_address),
         failures_before_backoff: i64::from(config.login_failures_before_backoff),
         backoff_max_secs: i64::from(config.login_backoff_max_secs),
+        account_ceiling: i64::from(config.login_account_ceiling),
+        signups_per_address: i64::from(config.signup_attempts_per_address),
     };
     let passwords = Passwords::new(
         config.password_hash_slots(),

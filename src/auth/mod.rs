@@ -154,6 +154,7 @@ pub struct Auth {
     clients: clients::ClientCache,
     /// The default client's scope allow-list (config: `default_client_scopes`).
     default_client_scopes: String,
+    signup_refusals: throttle::Refusals,
 }
 
 /// What an [`Auth`] is made of.
@@ -184,6 +185,7 @@ impl Auth {
             metrics: parts.metrics,
             clients: clients::ClientCache::default(),
             default_client_scopes: parts.default_client_scopes,
+            signup_refusals: throttle::Refusals::default(),
             keys: RwLock::new(Arc::new(parts.keys)),
         }
     }
@@ -209,15 +211,23 @@ impl Auth {
             .map_err(AuthError::InvalidToken)
     }
 
+    /// Sign-up by anyone: throttled per place like logins. Malformed requests are
+    /// refused first and not counted (they cost nothing); the rest would reach the
+    /// store and argon2.
     pub async fn signup(
         &self,
         email: &str,
         password: SecretString,
+        caller: &Caller,
         now: i64,
     ) -> Result<User, AuthError> {
         if !self.policy.signup_enabled {
             return Err(AuthError::SignupDisabled);
         }
+        normalize_email(email)?;
+        validate::password(&password)?;
+        self.check_signup_throttle(caller.ip.as_deref(), now)
+            .await?;
         self.create_user(email, password, Vec::new(), None, now)
             .await
     }
@@ -234,6 +244,12 @@ impl Auth {
         let email = normalize_email(email)?;
         validate::password(&password)?;
         let roles = validate::roles(roles)?;
+        // A known email is refused before argon2, so repeating one costs a read, not a
+        // hashing slot. The 409 says no more than it did; the unique constraint still
+        // settles a race between two sign-ups of one new email.
+        if self.store.user_credentials(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
         let hash = self.passwords.hash(&password).await?;
         let user = User {
             id: Uuid::now_v7(),
@@ -342,7 +358,8 @@ impl Auth {
                 .await;
         }
         self.metrics.login(LoginOutcome::ok);
-        self.login_succeeded(&user.email).await?;
+        self.login_succeeded(&user.email, caller.ip.as_deref())
+            .await?;
         Ok(self.grant(
             user.id,
             session.id,

@@ -36,14 +36,15 @@ pub struct UserView {
 }
 
 #[utoipa::path(post, path = "/v1/signup", tag = "account", request_body = SignupRequest,
-    responses((status = 201, body = UserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 403, description = "Sign-up disabled", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body), (status = 413, description = "Body too large", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+    responses((status = 201, body = UserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 403, description = "Sign-up disabled", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body), (status = 413, description = "Body too large", body = crate::http::error::Body), (status = 429, description = "Too many sign-ups from this address (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
+    ClientInfo(caller): ClientInfo,
     JsonBody(req): JsonBody<SignupRequest>,
 ) -> Result<Response, ApiError> {
     let user = state
         .auth
-        .signup(&req.email, req.password.into(), now())
+        .signup(&req.email, req.password.into(), &caller, now())
         .await?;
     let view = UserView {
         id: user.id,

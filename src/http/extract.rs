@@ -154,15 +154,21 @@ impl FromRequestParts<super::AppState> for ClientInfo {
         parts: &mut Parts,
         state: &super::AppState,
     ) -> Result<Self, Self::Rejection> {
-        let forwarded = parts
+        // A proxy may append a line of its own rather than extend the first: every
+        // line, in order, is one list (RFC 9110 §5.3). A line that is not text is a
+        // hop nobody can vouch for, so the walk from the right stops there.
+        let lines: Vec<&str> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("unreadable"))
+            .collect();
+        let forwarded = (!lines.is_empty()).then(|| lines.join(","));
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| {
-                super::client_addr::resolve(addr.ip(), forwarded, &state.trusted_proxies)
+                super::client_addr::resolve(addr.ip(), forwarded.as_deref(), &state.trusted_proxies)
                     .to_string()
             });
         let user_agent = parts

@@ -87,6 +87,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(axum::middleware::map_response(slow_refusals))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::record_metrics,
@@ -117,6 +118,19 @@ pub fn metrics_router(state: AppState) -> Router {
     ops::metrics_router()
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
+}
+
+/// A throttled request (429) is answered after this delay. A client honouring
+/// `Retry-After` (at least a second) waits a second more; one that ignores it, a flood,
+/// gets an answer a second per connection instead of thousands, so its refusals cannot
+/// take the CPU that password hashing (at the lowest priority) needs for everyone else.
+const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn slow_refusals(response: axum::response::Response) -> axum::response::Response {
+    if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        tokio::time::sleep(REFUSAL_DELAY).await;
+    }
+    response
 }
 
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {

@@ -112,11 +112,18 @@ pub async fn record_metrics(
     }
     .to_owned();
     let started = std::time::Instant::now();
-    // Probes and scrapes are not traffic that password hashing should make room for.
+    // Probes and scrapes are not traffic that password hashing should make room for,
+    // nor are throttled refusals (a flood of them would halve the logins of everyone else).
     let response = if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
         next.run(request).await
     } else {
-        state.auth.passwords.track(next.run(request)).await
+        state
+            .auth
+            .passwords
+            .track_when(next.run(request), |r: &Response| {
+                r.status() != axum::http::StatusCode::TOO_MANY_REQUESTS
+            })
+            .await
     };
     let m = &state.auth.metrics;
     m.http_requests

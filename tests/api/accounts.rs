@@ -62,14 +62,16 @@ async fn duplicate_email_is_409_even_when_racing(backend: Backend) {
         (StatusCode::CONFLICT, "email_taken".into())
     );
 
-    let racers = (0..8).map(|_| {
-        let client = app.client.clone();
-        let url = app.url("/v1/signup");
-        tokio::spawn(async move {
-            let body = json!({"email": "dave@example.com", "password": PASSWORD});
-            client.post(url).json(&body).send().await.unwrap().status()
+    let racers = (0..8)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/v1/signup");
+            tokio::spawn(async move {
+                let body = json!({"email": "dave@example.com", "password": PASSWORD});
+                client.post(url).json(&body).send().await.unwrap().status()
+            })
         })
-    });
+        .collect::<Vec<_>>();
     let mut statuses = Vec::new();
     for r in racers {
         statuses.push(r.await.unwrap());

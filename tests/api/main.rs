@@ -22,5 +22,6 @@ mod refresh;
 mod scaleout;
 mod services;
 mod sessions;
+mod throttle;
 mod tokens;
 mod transport;

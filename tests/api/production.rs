@@ -144,22 +144,24 @@ async fn parallel_guesses_past_the_limit_get_one_try_per_window(backend: Backend
     for _ in 0..5 {
         app.login("target@example.com", "wrong password").await;
     }
-    let guesses = (0..8).map(|_| {
-        let (client, url) = (app.client.clone(), app.url("/oauth/token"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .form(&[
-                    ("grant_type", "password"),
-                    ("username", "target@example.com"),
-                    ("password", "wrong password"),
-                ])
-                .send()
-                .await
-                .unwrap()
-                .status()
+    let guesses = (0..8)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/oauth/token"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .form(&[
+                        ("grant_type", "password"),
+                        ("username", "target@example.com"),
+                        ("password", "wrong password"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
         })
-    });
+        .collect::<Vec<_>>();
     let mut statuses = Vec::new();
     for g in guesses {
         statuses.push(g.await.unwrap());

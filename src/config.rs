@@ -177,12 +177,13 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if u64::from(self.database_statement_timeout_ms)
+        if u64::from(self.database_acquire_timeout_ms)
+            + u64::from(self.database_statement_timeout_ms)
             >= u64::from(self.request_timeout_secs) * 1000
         {
             return Err(invalid(
                 "database_statement_timeout_ms (TESSERA_DATABASE_STATEMENT_TIMEOUT_MS)",
-                "must be below request_timeout_secs: a request that gives up must find its statement cancelled, not queued to commit later",
+                "with database_acquire_timeout_ms it must stay below request_timeout_secs: a request that gives up must find its statement cancelled, not queued to commit later",
             ));
         }
         // A session is deleted this long after it ended: its access tokens must have

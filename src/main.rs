@@ -147,13 +147,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         }
         Command::Prune => {
             let state = server::build_state(&config).await?;
-            let pruned = state
-                .auth
-                .prune(tessera::http::extract::now())
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))?;
-            println!("{}", serde_json::json!({ "pruned": pruned }));
-            Ok(())
+            let report = state.auth.prune(tessera::http::extract::now()).await;
+            println!("{}", serde_json::json!(report));
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(StartError::Other(format!(
+                    "pruning failed for: {}",
+                    report.failed.join(", ")
+                )))
+            }
         }
         Command::Migrate => {
             let store = server::open_store(&config).await?;

@@ -85,8 +85,9 @@ fn classify(code: &str) -> Class {
         }
     } else {
         match code.parse::<i32>().map(|c| c & 0xff) {
-            // SQLITE_BUSY, SQLITE_LOCKED (after the busy timeout)
-            Ok(5 | 6) => Class::Transient,
+            // SQLITE_BUSY, SQLITE_LOCKED (after the busy timeout), SQLITE_READONLY,
+            // SQLITE_IOERR, SQLITE_FULL (a full disk)
+            Ok(5 | 6 | 8 | 10 | 13) => Class::Transient,
             _ => Class::Other,
         }
     }
@@ -220,10 +221,14 @@ pub struct Revocation {
 /// Rows the janitor deletes once they can no longer matter (see `auth::janitor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Prunable {
-    /// Refresh tokens that expired before the cutoff.
-    RefreshTokens,
-    /// Sessions that ended (revoked or expired) before the cutoff, with their tokens.
+    /// Every refresh token of a session that ended (revoked or expired) before the
+    /// cutoff, in batches, before the session itself.
+    EndedSessionTokens,
+    /// Sessions that ended before the cutoff and have no token left.
     Sessions,
+    /// Unspent refresh tokens that expired before the cutoff: nobody rotated them, so
+    /// no copy of them can signal theft.
+    ExpiredTokens,
     /// Revocation-feed rows whose access tokens expired before the cutoff.
     Revocations,
     /// Audit events older than the cutoff.
@@ -231,16 +236,19 @@ pub enum Prunable {
 }
 
 impl Prunable {
-    pub const ALL: [Prunable; 4] = [
+    /// In this order: a session's tokens go before the session, so no delete cascades
+    /// over more than a batch.
+    pub const ALL: [Prunable; 5] = [
+        Prunable::EndedSessionTokens,
         Prunable::Sessions,
-        Prunable::RefreshTokens,
+        Prunable::ExpiredTokens,
         Prunable::Revocations,
         Prunable::AuditEvents,
     ];
 
     pub fn table(self) -> &'static str {
         match self {
-            Prunable::RefreshTokens => "refresh_tokens",
+            Prunable::EndedSessionTokens | Prunable::ExpiredTokens => "refresh_tokens",
             Prunable::Sessions => "sessions",
             Prunable::Revocations => "revocations",
             Prunable::AuditEvents => "audit_events",
@@ -251,13 +259,21 @@ impl Prunable {
     /// The same SQL on both stores.
     pub(crate) fn delete_batch_sql(self) -> &'static str {
         match self {
-            Prunable::RefreshTokens => {
+            Prunable::EndedSessionTokens => {
                 "DELETE FROM refresh_tokens WHERE hash IN \
-                 (SELECT hash FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)"
+                 (SELECT t.hash FROM sessions AS s JOIN refresh_tokens AS t ON t.session_id = s.id \
+                   WHERE s.expires_at < $1 OR s.revoked_at < $1 LIMIT $2)"
             }
             Prunable::Sessions => {
                 "DELETE FROM sessions WHERE id IN \
-                 (SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)"
+                 (SELECT s.id FROM sessions AS s WHERE (s.expires_at < $1 OR s.revoked_at < $1) \
+                   AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS t WHERE t.session_id = s.id) \
+                   LIMIT $2)"
+            }
+            Prunable::ExpiredTokens => {
+                "DELETE FROM refresh_tokens WHERE hash IN \
+                 (SELECT hash FROM refresh_tokens WHERE spent_at IS NULL AND expires_at < $1 \
+                   ORDER BY expires_at LIMIT $2)"
             }
             Prunable::Revocations => {
                 "DELETE FROM revocations WHERE seq IN \
@@ -265,7 +281,7 @@ impl Prunable {
             }
             Prunable::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN \
-                 (SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)"
+                 (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)"
             }
         }
     }
@@ -438,7 +454,7 @@ impl PoolSettings {
         Self {
             max_connections,
             acquire_timeout: std::time::Duration::from_secs(5),
-            statement_timeout: std::time::Duration::from_secs(10),
+            statement_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -505,6 +521,33 @@ macro_rules! migrations {
                     "/0007_lifecycle.sql"
                 )),
             ),
+            (
+                10,
+                "unspent_tokens_expiry_idx",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0010_unspent_tokens_expiry_idx.sql"
+                )),
+            ),
+            (
+                11,
+                "sessions_expiry_idx",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0011_sessions_expiry_idx.sql"
+                )),
+            ),
+            (
+                12,
+                "audit_events_at_idx",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0012_audit_events_at_idx.sql"
+                )),
+            ),
         ]
     };
 }
@@ -517,12 +560,15 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migra
     let migrations = files
         .iter()
         .map(|(version, name, sql)| {
+            // A migration that must run outside a transaction (e.g. CREATE INDEX
+            // CONCURRENTLY, which lets writes go on while it builds) says so first.
+            let no_tx = sql.starts_with("-- no-transaction");
             Migration::new(
                 *version,
                 (*name).into(),
                 MigrationType::Simple,
                 (*sql).into_sql_str(),
-                false,
+                no_tx,
             )
         })
         .collect();

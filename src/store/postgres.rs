@@ -31,22 +31,43 @@ pub struct PgStore {
 /// A readiness check gives up after this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+type AfterConnect = Box<
+    dyn Fn(
+            &mut sqlx::PgConnection,
+            sqlx::pool::PoolConnectionMetadata,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>>
+        + Send
+        + Sync,
+>;
+
+/// Sets `statement_timeout` on each new connection with a `SET` (not the `options`
+/// startup parameter, which connection poolers such as PgBouncer refuse).
+fn statement_timeout(limit: Duration) -> AfterConnect {
+    let sql = format!("SET statement_timeout = {}", limit.as_millis());
+    Box::new(move |conn, _| {
+        let sql = sqlx::AssertSqlSafe(sql.clone());
+        Box::pin(async move {
+            sqlx::query(sql).execute(conn).await?;
+            Ok(())
+        })
+    })
+}
+
 impl PgStore {
     pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
         use std::str::FromStr;
-        let timeout_ms = settings.statement_timeout.as_millis().to_string();
-        let options =
-            PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout_ms.as_str())]);
+        let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            .after_connect(statement_timeout(settings.statement_timeout))
             .connect_with(options.clone())
             .await?;
-        let probe_ms = PROBE_TIMEOUT.as_millis().to_string();
         let probe = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(PROBE_TIMEOUT)
-            .connect_lazy_with(options.options([("statement_timeout", probe_ms.as_str())]));
+            .after_connect(statement_timeout(PROBE_TIMEOUT))
+            .connect_lazy_with(options);
         let (feed, _) = broadcast::channel(1024);
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
@@ -142,7 +163,8 @@ WITH spent AS (
     SELECT $2, session_id, $3, LEAST($3 + $5, session_expires_at) FROM spent
     RETURNING expires_at
 ), touched AS (
-    UPDATE sessions SET last_used_at = $3 FROM spent
+    UPDATE sessions SET last_used_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint)
+      FROM spent
      WHERE sessions.id = spent.session_id AND sessions.revoked_at IS NULL
     RETURNING sessions.id
 )
@@ -187,8 +209,19 @@ impl super::Store for PgStore {
 
     fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            // The migrator takes an advisory lock, so instances starting together are safe.
-            migrator().run(&self.pool).await?;
+            // On a connection of its own with no statement timeout: a migration that
+            // builds an index on a large table, or waits on the migrator's advisory lock
+            // while another instance migrates, must not be cancelled. The connection is
+            // closed afterwards, not returned to the pool. The migrator's advisory lock
+            // makes instances starting together take turns.
+            let mut conn = self.pool.acquire().await?.detach();
+            sqlx::query("SET statement_timeout = 0")
+                .execute(&mut conn)
+                .await?;
+            // `run_direct`: `run` with a connection trips sqlx's "Acquire is not general
+            // enough" inside a boxed future.
+            migrator().run_direct(None, &mut conn, false).await?;
+            let _ = sqlx::Connection::close(conn).await;
             Ok(())
         })
     }

@@ -181,8 +181,8 @@ macro_rules! rows {
             Ok(true)
         }
 
-        /// Adds ended sessions to the revocation feed (and forgets entries whose tokens
-        /// expired an hour ago).
+        /// Adds ended sessions to the revocation feed (the janitor forgets entries whose
+        /// tokens expired).
         async fn record_revocations(
             conn: &mut <Db as sqlx::Database>::Connection,
             sessions: &[crate::store::Session],
@@ -201,12 +201,6 @@ macro_rules! rows {
                 .fetch_one(&mut *conn)
                 .await?;
                 out.push(crate::store::Revocation { seq: row.try_get("seq")?, session_id: s.id, revoked_at: now, expires_at });
-            }
-            if !out.is_empty() {
-                sqlx::query("DELETE FROM revocations WHERE expires_at < $1")
-                    .bind(now - 3600)
-                    .execute(&mut *conn)
-                    .await?;
             }
             Ok(out)
         }

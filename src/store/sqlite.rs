@@ -22,8 +22,13 @@ super::shared::rows!();
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for readiness checks, apart from the request pool.
+    probe: SqlitePool,
     feed: broadcast::Sender<Revocation>,
 }
+
+/// A readiness write waits at most this long for SQLite's write lock.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its folder.
@@ -40,10 +45,13 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let probe = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options.busy_timeout(PROBE_WAIT));
         let (feed, _) = broadcast::channel(1024);
-        Ok(Self { pool, feed })
+        Ok(Self { pool, probe, feed })
     }
 
     /// One instance per file: announcements go out in-process, after commit.
@@ -139,8 +147,23 @@ impl super::Store for SqliteStore {
         "sqlite"
     }
 
+    /// A write that commits; a write lock held by busy writers (SQLITE_BUSY, LOCKED)
+    /// means the database is alive and writable, so it counts as ready: under load the
+    /// one instance must not be taken out of service. A read-only or full database, or
+    /// an I/O error, does not.
     fn ready(&self, now: i64) -> StoreFuture<'_, ()> {
-        Box::pin(async move { Ok(super::lifecycle::readiness_write(&self.pool, now).await?) })
+        Box::pin(async move {
+            match super::lifecycle::readiness_write(&self.probe, now).await {
+                Err(sqlx::Error::Database(e))
+                    if e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+                {
+                    Ok(())
+                }
+                other => Ok(other?),
+            }
+        })
     }
 
     fn migrate(&self) -> StoreFuture<'_, ()> {
@@ -196,7 +219,8 @@ impl super::Store for SqliteStore {
             let Some(spent) = spent else { return Ok(None) };
             let session_id: uuid::Uuid = spent.try_get("session_id")?;
             let session = sqlx::query(
-                "UPDATE sessions SET last_used_at = $2 WHERE id = $1 RETURNING user_id, client_id, \
+                "UPDATE sessions SET last_used_at = max($2, CAST(strftime('%s', 'now') AS INTEGER)) \
+                 WHERE id = $1 RETURNING user_id, client_id, \
                  scope, expires_at, (SELECT roles FROM users WHERE id = sessions.user_id) AS roles",
             )
             .bind(session_id)

@@ -249,6 +249,8 @@ fn prune_runs_the_janitor_once_for_cron() {
     );
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     for table in ["refresh_tokens", "sessions", "revocations", "audit_events"] {
-        assert_eq!(printed["pruned"][table], 0, "{printed}");
+        assert_eq!(printed["deleted"][table], 0, "{printed}");
     }
+    assert_eq!(printed["busy"], false);
+    assert_eq!(printed["failed"], serde_json::json!([]));
 }

@@ -27,7 +27,8 @@ async fn a_lock_stall_cancels_the_statement_and_the_retry_is_not_reuse() {
         Backend::Postgres,
         &[
             ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
-            ("TESSERA_REQUEST_TIMEOUT_SECS", "3"),
+            ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+            ("TESSERA_REQUEST_TIMEOUT_SECS", "4"),
             ("TESSERA_REFRESH_GRACE_SECS", "2"),
         ],
     )
@@ -78,6 +79,55 @@ async fn a_lock_stall_cancels_the_statement_and_the_retry_is_not_reuse() {
         crate::refresh::audit_actions(&app, "refresh_token_reuse")
             .await
             .is_empty()
+    );
+}
+
+/// A stall shorter than the statement timeout: the rotation commits late, and the
+/// client's retry right after the answer (a lost response) is measured from the commit,
+/// so it is a grace replay, not reuse that would end the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_after_a_stalled_commit_is_a_grace_replay() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "4000"),
+            ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+            ("TESSERA_REQUEST_TIMEOUT_SECS", "8"),
+            ("TESSERA_REFRESH_GRACE_SECS", "2"),
+        ],
+    )
+    .await;
+    let (_, tokens) = app.user_with_session().await;
+    let token = s(&tokens, "refresh_token");
+    let mut db = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refresh = {
+        let (client, url, token) = (app.client.clone(), app.url("/oauth/token"), token.clone());
+        tokio::spawn(async move {
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.as_str()),
+            ];
+            json(client.post(url).form(&form).send().await.unwrap()).await
+        })
+    };
+    // Longer than the grace window, shorter than the statement timeout: the stall.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tx.commit().await.unwrap();
+    let (status, first) = refresh.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    let (status, again) = app.refresh(&token).await;
+    assert_eq!(
+        (status, s(&again, "refresh_token")),
+        (StatusCode::OK, s(&first, "refresh_token")),
+        "the retry gets the same successor back: {again}"
     );
 }
 
@@ -156,7 +206,8 @@ async fn a_request_past_its_timeout_gets_408_in_the_error_shape(backend: Backend
         backend,
         &[
             ("TESSERA_REQUEST_TIMEOUT_SECS", "1"),
-            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "500"),
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "400"),
+            ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "400"),
         ],
     )
     .await;

@@ -7,24 +7,30 @@ use tessera::auth::{Caller, RequestClient};
 use tessera::http::extract::now;
 
 use crate::both_stores;
-use crate::helpers::{Backend, TestApp, s, spawn_app_with};
+use crate::helpers::{Backend, PASSWORD, TestApp, s, spawn_app_with};
 use crate::invariants::count;
 
 both_stores!(
-    a_simulated_month_of_refreshes_leaves_bounded_rows,
+    a_simulated_month_of_weekly_sessions_leaves_bounded_rows,
     ended_sessions_feed_rows_and_old_audit_events_are_pruned,
 );
 
 const TOKENS_OF: &str = "SELECT COUNT(*) FROM refresh_tokens WHERE session_id = $1";
+const TOKENS_OF_USER: &str = "SELECT COUNT(*) FROM refresh_tokens AS t \
+     JOIN sessions AS s ON s.id = t.session_id WHERE s.user_id = $1";
 const HOUR: i64 = 3600;
 const DAY: i64 = 24 * HOUR;
+/// A refresh every 15 minutes.
+const STEP: i64 = 900;
+const WEEK_OF_STEPS: i64 = 7 * DAY / STEP;
 
 async fn lifecycle_app(backend: Backend) -> TestApp {
     spawn_app_with(
         backend,
         &[
             ("TESSERA_REFRESH_TOKEN_TTL_SECS", "86400"),
-            ("TESSERA_SESSION_MAX_AGE_SECS", "3024000"),
+            // A session lasts a week: the app logs in again every week.
+            ("TESSERA_SESSION_MAX_AGE_SECS", "604800"),
             ("TESSERA_PRUNE_AFTER_SECS", "86400"),
             // The test runs the janitor itself, at simulated times.
             ("TESSERA_JANITOR_INTERVAL_SECS", "0"),
@@ -34,25 +40,39 @@ async fn lifecycle_app(backend: Backend) -> TestApp {
     .await
 }
 
-async fn a_simulated_month_of_refreshes_leaves_bounded_rows(backend: Backend) {
+/// 27 simulated days of an app that refreshes every 15 minutes and logs in again every
+/// week when its session ends; the janitor runs every simulated hour. The user's token
+/// rows stay bounded by one session's worth plus the ended one's margin, and a token
+/// spent five days earlier in the live session (long past its own expiry) is still
+/// caught as reuse.
+async fn a_simulated_month_of_weekly_sessions_leaves_bounded_rows(backend: Backend) {
     let app = lifecycle_app(backend).await;
     let auth = &app.state.auth;
-    let (_, tokens) = app.user_with_session().await;
-    let session_id = s(
-        &app.get("/v1/me", &s(&tokens, "access_token")).await.1,
-        "session_id",
-    )
-    .parse()
-    .unwrap();
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let (_, user) = app.signup(&email, PASSWORD).await;
+    let user_id = s(&user, "id").parse().unwrap();
     let caller = Caller::default();
-    let start = now();
-    let mut token = s(&tokens, "refresh_token");
-    // Refresh every 15 minutes for 30 days; the janitor runs every simulated hour.
-    let mut spent = Vec::new();
-    let mut most = 0;
+    // Ahead of the clock: a rotation records the later of `now` and the database's clock.
+    let start = now() + 1000;
+    let steps = 27 * DAY / STEP;
+    let (mut token, mut spent, mut most) = (String::new(), Vec::new(), 0);
     let mut t = start;
-    for step in 1..=30 * 96 {
-        t = start + step * 900;
+    for step in 0..steps {
+        t = start + step * STEP;
+        if step % WEEK_OF_STEPS == 0 {
+            let grant = auth
+                .login(
+                    &email,
+                    PASSWORD.into(),
+                    &RequestClient::Default,
+                    None,
+                    &caller,
+                    t,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("login at step {step}: {e}"));
+            token = grant.refresh_token.expose().to_owned();
+        }
         let grant = auth
             .refresh(&token, &RequestClient::Default, &caller, t)
             .await
@@ -61,27 +81,27 @@ async fn a_simulated_month_of_refreshes_leaves_bounded_rows(backend: Backend) {
             t,
             std::mem::replace(&mut token, grant.refresh_token.expose().to_owned()),
         ));
-        if step % 4 == 0 {
-            auth.prune(t).await.unwrap();
-            most = most.max(count(&app, TOKENS_OF, session_id).await);
+        if step % 4 == 3 {
+            auth.prune(t).await;
+            most = most.max(count(&app, TOKENS_OF_USER, user_id).await);
         }
     }
-    // One refresh-token lifetime of tokens plus the margin, at four an hour, plus the
-    // newest: the bound does not grow with the session's age.
-    let bound = (DAY + DAY) / 900 + 1;
+    let session = WEEK_OF_STEPS + 1;
+    let without = steps + steps / WEEK_OF_STEPS + 1;
     println!(
-        "{backend:?}: 2,880 refreshes over 30 simulated days; at most {most} token rows for the session (bound {bound}; without the janitor: 2,881)"
+        "{backend:?}: {steps} refreshes and 4 logins over 27 simulated days: at most {most} token rows for the user (one week's session holds {session}); {without} without the janitor"
     );
+    // The live session's tokens, plus the previous session's until a day after it ended.
     assert!(
-        most <= bound,
-        "{most} token rows for one session (bound {bound})"
+        most <= session + DAY / STEP + 4 + 1,
+        "{most} token rows (a session holds {session})"
     );
-    assert!(most > 96, "tokens are kept for their lifetime ({most})");
 
-    // A token spent 12 hours ago is still inside its lifetime: its copy is reuse.
-    let (_, twelve_hours_ago) = spent[spent.len() - 48].clone();
+    // Five days ago, in the live session: expired four days ago, kept because the
+    // session lives. Its copy is the signal of a stolen chain: reuse, session revoked.
+    let (_, five_days_ago) = spent[spent.len() - (5 * DAY / STEP) as usize].clone();
     let err = auth
-        .refresh(&twelve_hours_ago, &RequestClient::Default, &caller, t + 60)
+        .refresh(&five_days_ago, &RequestClient::Default, &caller, t + 60)
         .await
         .err()
         .map(|e| e.to_string())
@@ -111,7 +131,7 @@ async fn ended_sessions_feed_rows_and_old_audit_events_are_pruned(backend: Backe
 
     // Right after: nothing of the ended session is gone (its access token may still be
     // presented and must be reported revoked).
-    auth.prune(t).await.unwrap();
+    auth.prune(t).await;
     assert!(auth.store.session(session_id).await.unwrap().is_some());
     assert_eq!(count(&app, TOKENS_OF, session_id).await, 1);
     assert_eq!(
@@ -121,8 +141,9 @@ async fn ended_sessions_feed_rows_and_old_audit_events_are_pruned(backend: Backe
 
     // A day and a bit later the session, its token and its feed row are gone.
     let later = t + DAY + HOUR + 1;
-    let pruned = auth.prune(later).await.unwrap();
+    let pruned = auth.prune(later).await.deleted;
     assert_eq!(pruned["sessions"], 1, "{pruned:?}");
+    assert_eq!(pruned["refresh_tokens"], 1, "{pruned:?}");
     assert!(auth.store.session(session_id).await.unwrap().is_none());
     assert_eq!(count(&app, TOKENS_OF, session_id).await, 0);
     assert_eq!(pruned["revocations"], 1, "{pruned:?}");
@@ -136,7 +157,7 @@ async fn ended_sessions_feed_rows_and_old_audit_events_are_pruned(backend: Backe
         "audit events are kept for their retention"
     );
     // After the audit retention, they go too, in batches.
-    let pruned = auth.prune(later + 91 * DAY).await.unwrap();
+    let pruned = auth.prune(later + 91 * DAY).await.deleted;
     assert!(pruned["audit_events"] >= 2, "{pruned:?}");
     assert!(
         auth.store

@@ -113,6 +113,20 @@ impl Drop for OwnedCluster {
     fn drop(&mut self) {
         let data = self.data.display().to_string();
         self.run("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+        if let Some(dir) = self.data.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A `tessera serve` process, killed when dropped (a failed assertion must not leave
+/// it running).
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -403,7 +417,7 @@ async fn stopping_postgres_under_load_answers_503_and_loses_nothing() {
     drop(cluster);
 }
 
-fn serve(database_url: &str, secret: &str, port: u16) -> Child {
+fn serve(database_url: &str, secret: &str, port: u16) -> Served {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
         cmd.env_remove(key);
@@ -414,11 +428,13 @@ fn serve(database_url: &str, secret: &str, port: u16) -> Child {
         .env("TESSERA_SECRET_KEY", secret)
         .env("TESSERA_ISSUER", ISSUER)
         .env("TESSERA_LOGIN_THROTTLE", "off")
+        // A response cut by the kill is recovered by a grace replay after the restart,
+        // however long a busy machine takes to restart a debug build.
+        .env("TESSERA_REFRESH_GRACE_SECS", "120")
         .env("TESSERA_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::null());
+    Served(cmd.spawn().unwrap())
 }
 
 async fn wait_healthy(base: &str) {
@@ -455,10 +471,10 @@ async fn killing_the_server_under_load_loses_no_token() {
     let chains = start_chains(tokens, &base, &stop, &seen);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    server.kill().unwrap(); // SIGKILL: no drain, no cleanup, requests cut mid-flight
-    server.wait().unwrap();
+    server.0.kill().unwrap(); // SIGKILL: no drain, no cleanup, requests cut mid-flight
+    server.0.wait().unwrap();
     let ok_before = seen.lock().unwrap().ok;
-    let mut server = serve(&url, &secret, port);
+    let server = serve(&url, &secret, port);
     wait_healthy(&base_url).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -486,6 +502,5 @@ async fn killing_the_server_under_load_loses_no_token() {
     assert_newest_tokens_work(&base_url, &newest).await;
     let app = spawn_instance(&url, &secret, &[]).await;
     invariants::check(&app).await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

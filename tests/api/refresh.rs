@@ -152,10 +152,12 @@ async fn replay_outside_the_window_kills_the_session(backend: Backend) {
     );
 
     // The window also closes with time: the same rules through the library, 11 s later.
+    // Simulated times well ahead of the clock: a rotation records the later of its `now`
+    // and the database's clock, so a real `now` could be overtaken by a second boundary.
     let app = spawn_app(backend).await;
     let (_, first) = app.user_with_session().await;
     let parent = s(&first, "refresh_token");
-    let now = tessera::http::extract::now();
+    let now = tessera::http::extract::now() + 1000;
     let caller = Caller::default();
     app.state
         .auth

@@ -33,15 +33,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl PgStore {
     pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
-        use std::str::FromStr;
         let timeout_ms = settings.statement_timeout.as_millis().to_string();
-        let options =
-            PgConnectOptions::from_str(url)?.options([("statement_timeout", timeout_ms.as_str())]);
+        let target = super::pg_tls::connect_options(url)?;
+        let options: PgConnectOptions = target
+            .options
+            .clone()
+            .options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| super::pg_tls::connect_failed(&target, &e))?;
         let probe_ms = PROBE_TIMEOUT.as_millis().to_string();
         let probe = PgPoolOptions::new()
             .max_connections(1)

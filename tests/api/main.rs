@@ -19,4 +19,5 @@ mod refresh;
 mod scaleout;
 mod services;
 mod sessions;
+mod tls;
 mod tokens;

@@ -32,7 +32,7 @@ FROM debian:bookworm-slim
 # against a managed database whose CA is public; otherwise name the CA in sslrootcert).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data tessera \
     && mkdir -p /data && chown tessera /data
 COPY --from=build /src/target/release/tessera /usr/local/bin/tessera

@@ -404,3 +404,37 @@ async fn disable_connects_in_the_clear_and_prefer_uses_tls_when_offered() {
     println!("prefer: connects; {tls} of {all} connections use TLS");
     assert!(all >= 1 && tls == all, "{tls} of {all} connections use TLS");
 }
+
+/// Without `sslrootcert`, the platform's store decides (rustls-native-certs: the
+/// system bundle, or `SSL_CERT_FILE` when set, as in the image). Run through the real
+/// binary, since the store is read from the process environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_without_sslrootcert_trusts_the_platform_store() {
+    let pg = cluster().await;
+    let (_, url) = pg.database("localhost", "sslmode=verify-full").await;
+    let migrate = |store: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
+            cmd.env_remove(key);
+        }
+        cmd.arg("migrate")
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("PGSSLROOTCERT")
+            .env("SSL_CERT_FILE", store)
+            .env("TESSERA_DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let trusted = migrate(&pg.ca());
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    println!("verify-full, no sslrootcert, the CA in the platform store: connects");
+    let untrusted = migrate(&pg.wrong_ca());
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    println!("verify-full, no sslrootcert, the CA not in the platform store: refused: {err}");
+    assert!(!untrusted.status.success());
+    assert!(err.contains("not signed by a CA trusted here"), "{err}");
+}

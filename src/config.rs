@@ -102,6 +102,7 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
+        let vars = read_secret_files(vars, &table)?;
 
         if let Some((_, path)) = vars.iter().find(|(k, _)| k == "TESSERA_CONFIG") {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -318,6 +319,64 @@ impl Config {
     }
 }
 
+/// Keys that may also be given as `TESSERA_<KEY>_FILE`, the Docker and Kubernetes
+/// secrets convention: a mounted file keeps the secret out of the environment, which
+/// `docker inspect`, `/proc/<pid>/environ` and crash reports show.
+const SECRET_KEYS: [&str; 4] = [
+    "secret_key",
+    "database_url",
+    "hs256_secret",
+    "metrics_token",
+];
+
+/// Replaces each `TESSERA_<KEY>_FILE` by `TESSERA_<KEY>` holding the file's text, its
+/// trailing newline trimmed (`echo` and most editors add one). Giving both is an error:
+/// which one wins would be a guess.
+fn read_secret_files(
+    mut vars: Vec<(String, String)>,
+    defaults: &toml::Table,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    for key in SECRET_KEYS {
+        let name = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+        let file_var = format!("{name}_FILE");
+        let Some(path) = vars
+            .iter()
+            .find(|(k, _)| *k == file_var)
+            .map(|(_, v)| v.clone())
+        else {
+            continue;
+        };
+        if vars.iter().any(|(k, _)| *k == name) {
+            return Err(invalid(
+                &name,
+                format!("both {name} and {file_var} are set; give one"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(&file_var, format!("cannot read {path}: {e}")))?;
+        vars.retain(|(k, _)| *k != file_var);
+        vars.push((name, text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    for (name, _) in &vars {
+        let Some(stem) = name.strip_suffix("_FILE") else {
+            continue;
+        };
+        let key = stem[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if defaults.contains_key(&key) {
+            return Err(invalid(
+                name,
+                format!(
+                    "only secrets can be read from a file ({}); set {stem}",
+                    SECRET_KEYS
+                        .map(|k| format!("{ENV_PREFIX}{}_FILE", k.to_ascii_uppercase()))
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(vars)
+}
+
 /// Finds which key a deserialisation error is about (toml does not say for values
 /// such as socket addresses), by trying each key alone over the defaults.
 fn blame(table: &toml::Table, error: &toml::de::Error) -> ConfigError {
@@ -415,6 +474,76 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("listen"), "{err}");
         Ok(())
+    }
+
+    fn secret_file(text: &str) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "tessera-config-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn secrets_come_from_files_with_the_trailing_newline_trimmed() -> Result<(), ConfigError> {
+        let key = "k3y/with+base64==";
+        let config = Config::load(vars(&[
+            ("TESSERA_SECRET_KEY_FILE", &secret_file(&format!("{key}\n"))),
+            (
+                "TESSERA_DATABASE_URL_FILE",
+                &secret_file("postgres://u:p@db/x\r\n"),
+            ),
+            (
+                "TESSERA_HS256_SECRET_FILE",
+                &secret_file("an hs256 secret  "),
+            ),
+            ("TESSERA_METRICS_TOKEN_FILE", &secret_file("scrape-me")),
+        ]))?;
+        assert_eq!(config.secret_key.expose_secret(), key);
+        assert_eq!(config.database_url.expose_secret(), "postgres://u:p@db/x");
+        // Only newlines are trimmed: other whitespace may be part of a secret.
+        assert_eq!(config.hs256_secret.expose_secret(), "an hs256 secret  ");
+        assert_eq!(config.metrics_token.expose_secret(), "scrape-me");
+        Ok(())
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_unreadable_stops_start_up_naming_the_key() {
+        let err = Config::load(vars(&[
+            ("TESSERA_SECRET_KEY", "inline"),
+            ("TESSERA_SECRET_KEY_FILE", &secret_file("from a file")),
+        ]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("TESSERA_SECRET_KEY: both TESSERA_SECRET_KEY and TESSERA_SECRET_KEY_FILE"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("inline") && !err.contains("from a file"),
+            "no secret in: {err}"
+        );
+
+        let err = Config::load(vars(&[(
+            "TESSERA_METRICS_TOKEN_FILE",
+            "/nonexistent/token",
+        )]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            err.contains("TESSERA_METRICS_TOKEN_FILE: cannot read /nonexistent/token"),
+            "{err}"
+        );
+
+        let err = Config::load(vars(&[("TESSERA_LISTEN_FILE", &secret_file("0.0.0.0:80"))]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("TESSERA_LISTEN_FILE: only secrets"), "{err}");
     }
 
     #[test]

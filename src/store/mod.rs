@@ -5,6 +5,7 @@
 
 mod clients;
 mod lifecycle;
+mod pg_tls;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -38,6 +39,10 @@ pub enum StoreError {
     InvalidInput,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database could not be reached at start-up, or its URL is wrong: the message
+    /// says where, how (TLS settings) and why, never with the password.
+    #[error("{0}")]
+    Connect(String),
 }
 
 impl From<sqlx::Error> for StoreError {

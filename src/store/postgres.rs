@@ -55,14 +55,15 @@ fn statement_timeout(limit: Duration) -> AfterConnect {
 
 impl PgStore {
     pub async fn connect(url: &str, settings: super::PoolSettings) -> Result<Self, StoreError> {
-        use std::str::FromStr;
-        let options = PgConnectOptions::from_str(url)?;
+        let target = super::pg_tls::connect_options(url)?;
+        let options: PgConnectOptions = target.options.clone();
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .after_connect(statement_timeout(settings.statement_timeout))
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| super::pg_tls::connect_failed(&target, &e))?;
         let probe = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(PROBE_TIMEOUT)

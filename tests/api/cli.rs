@@ -254,3 +254,47 @@ fn prune_runs_the_janitor_once_for_cron() {
     assert_eq!(printed["busy"], false);
     assert_eq!(printed["failed"], serde_json::json!([]));
 }
+
+#[test]
+fn secrets_are_read_from_files_and_refused_when_given_twice() {
+    let dir = temp_dir();
+    let db = dir.join("from-file.db");
+    let url_file = dir.join("database_url");
+    let key_file = dir.join("secret_key");
+    // As `echo ... > file` writes them: with a trailing newline.
+    std::fs::write(&url_file, format!("sqlite://{}\n", db.display())).unwrap();
+    let key = tessera::tokens::keys::SecretKey::generate().to_base64();
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let output = tessera()
+        .args(["keys", "rotate"])
+        .current_dir(&dir)
+        .env("TESSERA_DATABASE_URL_FILE", &url_file)
+        .env("TESSERA_SECRET_KEY_FILE", &key_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(db.exists(), "the database URL came from its file");
+    assert!(
+        !dir.join("secret.key").exists() && !dir.join("data/secret.key").exists(),
+        "the secret key came from its file, none was generated: {stderr}"
+    );
+    assert!(!stderr.contains(&key), "the key is never logged");
+
+    let output = tessera()
+        .args(["keys", "rotate"])
+        .current_dir(&dir)
+        .env("TESSERA_DATABASE_URL_FILE", &url_file)
+        .env("TESSERA_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("both TESSERA_DATABASE_URL and its _FILE: {stderr}");
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(
+            "TESSERA_DATABASE_URL: both TESSERA_DATABASE_URL and TESSERA_DATABASE_URL_FILE are set"
+        ),
+        "{stderr}"
+    );
+}

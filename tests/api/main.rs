@@ -23,5 +23,6 @@ mod scaleout;
 mod services;
 mod sessions;
 mod throttle;
+mod tls;
 mod tokens;
 mod transport;

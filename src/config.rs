@@ -78,6 +78,8 @@ pub struct Config {
     pub database_max_connections: u32,
     pub log: String,
     pub default_client_scopes: String,
+    pub cookie_secure: bool,
+    pub cookie_samesite: crate::http::browser::SameSite,
 }
 
 impl Config {
@@ -210,6 +212,12 @@ impl Config {
                 format!("{bad:?} is not an IP or CIDR"),
             )
         })?;
+        if self.cookie_samesite == crate::http::browser::SameSite::None && !self.cookie_secure {
+            return Err(invalid(
+                "cookie_samesite (TESSERA_COOKIE_SAMESITE)",
+                "None needs cookie_secure (browsers drop SameSite=None cookies without Secure)",
+            ));
+        }
         for origin in self.cors_origins() {
             if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.starts_with("http") {
                 return Err(invalid(

@@ -207,7 +207,7 @@ pub(crate) struct RevokeRequest {
 
 /// RFC 7009 §2.2: 200 whether or not the token was known, or was the caller's.
 #[utoipa::path(post, path = "/oauth/revoke", tag = "oauth", security((), ("basic" = [])),
-    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); a request carrying the cookie gets it cleared (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
+    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
     request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revoke(
@@ -240,7 +240,9 @@ pub(crate) async fn revoke(
         .revoke_token(token, &client, &caller, now())
         .await?;
     let mut response = ([(header::CACHE_CONTROL, "no-store")], "").into_response();
-    if from_cookie.is_some() || state.browser.read(&headers).is_some() {
+    // The browser's cookie is dead once its own token is revoked; revoking another
+    // token leaves it alone.
+    if from_cookie.is_some() || state.browser.read(&headers).as_deref() == req.token.as_deref() {
         response
             .headers_mut()
             .insert(header::SET_COOKIE, state.browser.clear());

@@ -131,6 +131,18 @@ async fn a_refresh_without_the_parameter_spends_the_cookie_and_rotates_it(backen
     assert_eq!(cookie_value(&replay.set_cookie.unwrap()), second);
     let third = cookie_refresh(&app, &second, &csrf).await;
     assert_eq!(third.status, StatusCode::OK, "{}", third.body);
+    let bogus = post(
+        &app,
+        "/oauth/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("token_delivery", "header"),
+        ],
+        &csrf,
+    )
+    .await;
+    assert_eq!(bogus.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bogus.body["error"], "invalid_request");
     // Neither parameter nor cookie: a plain missing-parameter error.
     let none = post(
         &app,
@@ -247,6 +259,30 @@ async fn revoke_and_logout_clear_the_cookie(backend: Backend) {
         after.body["error"], "invalid_grant",
         "revoke left the session"
     );
+    // The cookie's token named as `token`: cleared too. Another token: left alone.
+    let token = cookie_value(&cookie_login(&app).await.set_cookie.unwrap());
+    let cookie = format!("tessera_refresh={token}");
+    let other = cookie_value(&cookie_login(&app).await.set_cookie.unwrap());
+    let revoke = post(
+        &app,
+        "/oauth/revoke",
+        &[("token", &other)],
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(revoke.status, StatusCode::OK);
+    assert_eq!(
+        revoke.set_cookie, None,
+        "revoking another token cleared the cookie"
+    );
+    let revoke = post(
+        &app,
+        "/oauth/revoke",
+        &[("token", &token)],
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(revoke.set_cookie.as_deref(), Some(cleared));
 
     for (scope, clears) in [("local", true), ("global", true), ("others", false)] {
         let login = cookie_login(&app).await;

@@ -196,6 +196,33 @@ test("a forged request without the CSRF proof gets 403 and rotates nothing", asy
   await context.close();
 });
 
+test("a lost refresh response is recovered through the grace window", async () => {
+  const context = await browser.newContext();
+  const page = await openDemo(context);
+  await logIn(page);
+  await pastExpiry();
+  const before = { ok: await refreshesOk(), replays: await refreshes("replayed_in_grace") };
+  // The first refresh reaches the server and rotates; its answer (and cookie) is lost.
+  let lost = false;
+  await page.route(`${issuer}/oauth/token`, async (route) => {
+    if (lost || route.request().method() !== "POST") return route.continue();
+    lost = true;
+    await fetch(route.request().url(), {
+      method: "POST",
+      headers: { ...(await route.request().allHeaders()), cookie: (await context.cookies()).map((c) => `${c.name}=${c.value}`).join("; ") },
+      body: route.request().postData(),
+    });
+    await route.abort("connectionreset");
+  });
+  const status = await page.evaluate(async (iss) => (await tessera.fetch(iss + "/v1/me")).status, issuer);
+  assert.ok(lost);
+  assert.equal(status, 200);
+  assert.equal((await refreshesOk()) - before.ok, 1, "one rotation");
+  assert.equal((await refreshes("replayed_in_grace")) - before.replays, 1, "one grace replay");
+  assert.match((await page.evaluate(() => demoState())).status, /^Logged in/);
+  await context.close();
+});
+
 test("logout in one tab logs out the others", async () => {
   const context = await browser.newContext();
   const first = await openDemo(context);

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { randomBytes, randomUUID } from "node:crypto";
 import { chromium } from "playwright-core";
 import { serveDemo } from "../demo/serve.mjs";
+import { createTesseraClient, SessionEndedError } from "../dist/index.js";
 
 const PASSWORD = "correct horse battery staple";
 const OUT = new URL("../test-output/", import.meta.url).pathname;
@@ -239,4 +240,40 @@ test("logout in one tab logs out the others", async () => {
   }
   assert.deepEqual((await context.cookies()).filter((c) => c.name === "tessera_refresh"), []);
   await context.close();
+});
+
+test("Node with a storage callback: silent refresh, and reuse elsewhere ends the session cleanly", async () => {
+  let saved = null;
+  const storage = { get: () => saved, set: (t) => void (saved = t) };
+  const client = createTesseraClient({ issuer, storage });
+  const ends = [];
+  client.onSessionEnd((r) => ends.push(r));
+  const email = `${randomUUID()}@example.com`;
+  const res = await fetch(`${issuer}/v1/signup`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email, password: PASSWORD }),
+  });
+  assert.equal(res.status, 201);
+  await client.login(email, PASSWORD);
+  const first = saved;
+  assert.match(first, /^tsr_/);
+  await pastExpiry();
+  assert.equal((await client.fetch(`${issuer}/v1/me`)).status, 200);
+  assert.notEqual(saved, first, "rotated and kept");
+  // A thief replays the first token: outside the grace window's successor rule (the
+  // successor was used), so the server revokes the session.
+  await pastExpiry();
+  assert.equal((await client.fetch(`${issuer}/v1/me`)).status, 200);
+  const stolen = await fetch(`${issuer}/oauth/token`, {
+    method: "POST",
+    body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: first }),
+  });
+  assert.equal(stolen.status, 400);
+  await pastExpiry();
+  await assert.rejects(client.fetch(`${issuer}/v1/me`), SessionEndedError);
+  await assert.rejects(client.fetch(`${issuer}/v1/me`), SessionEndedError);
+  assert.deepEqual(ends, ["refused"]);
+  assert.equal(saved, null);
+  client.close();
 });

@@ -84,6 +84,8 @@ pub struct Config {
     pub idle_timeout_secs: u32,
     pub max_connections: u32,
     pub metrics_listen: String,
+    pub cookie_secure: bool,
+    pub cookie_samesite: crate::http::browser::SameSite,
 }
 
 impl Config {
@@ -224,6 +226,12 @@ impl Config {
                 format!("{bad:?} is not an IP or CIDR"),
             )
         })?;
+        if self.cookie_samesite == crate::http::browser::SameSite::None && !self.cookie_secure {
+            return Err(invalid(
+                "cookie_samesite (TESSERA_COOKIE_SAMESITE)",
+                "None needs cookie_secure (browsers drop SameSite=None cookies without Secure)",
+            ));
+        }
         for origin in self.cors_origins() {
             if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.starts_with("http") {
                 return Err(invalid(

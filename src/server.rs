@@ -217,6 +217,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             .filter(|t| !t.is_empty())
             .map(Into::into),
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        browser: Arc::new(http::browser::Browser {
+            secure: config.cookie_secure,
+            same_site: config.cookie_samesite,
+            allowed_origins: config.cors_origins(),
+        }),
     })
 }
 

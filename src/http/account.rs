@@ -132,14 +132,14 @@ pub(crate) struct LogoutRequest {
 #[utoipa::path(post, path = "/v1/logout", tag = "account", security(("bearer" = [])),
     params(("scope" = Option<String>, Query, description = "local (default), others or global; also accepted as a JSON body")),
     request_body(content = Option<LogoutRequest>),
-    responses((status = 204, description = "Logged out"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+    responses((status = 204, description = "Logged out; scope local or global also clears the refresh cookie (Set-Cookie with Max-Age=0)"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     Bearer(token): Bearer,
     ClientInfo(caller): ClientInfo,
     QueryParams(query): QueryParams<LogoutRequest>,
     body: Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let from_body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutRequest::default()
     } else {
@@ -151,5 +151,13 @@ pub(crate) async fn logout(
     let t = now();
     let (claims, _) = state.auth.live_caller(&token, t).await?;
     state.auth.logout(&claims, scope, caller.ip, t).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // This browser's session ended too: its refresh cookie is dead, let it go. The
+    // bearer token authenticates this call, so no CSRF proof is needed to clear it.
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if !matches!(scope, LogoutScope::Others) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::SET_COOKIE, state.browser.clear());
+    }
+    Ok(response)
 }

@@ -2,6 +2,7 @@
 
 mod account;
 mod admin;
+pub mod browser;
 pub mod client_addr;
 pub mod error;
 pub mod extract;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The revocation feed's one reader and its streams.
     pub feed: Arc<feed::FeedHub>,
+    /// The refresh cookie and its CSRF rule.
+    pub browser: Arc<browser::Browser>,
 }
 
 /// Transport limits and browser access, from the configuration.
@@ -53,7 +56,9 @@ pub struct HttpSettings {
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     use axum::http::header;
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-    use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+    use tower_http::sensitive_headers::{
+        SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+    };
     use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
     let request_id = header::HeaderName::from_static("x-request-id");
@@ -110,6 +115,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         header::COOKIE,
         header::PROXY_AUTHORIZATION,
     ]))
+    .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
     .with_state(state)
 }
 
@@ -133,13 +139,20 @@ async fn slow_refusals(response: axum::response::Response) -> axum::response::Re
     response
 }
 
+/// Credentials (the refresh cookie) cross origins only to the listed ones, and only
+/// with the CSRF header allowed, so that a cookie request from them passes the check.
 fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use axum::http::{HeaderValue, Method, header};
     let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     tower_http::cors::CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(browser::CSRF_HEADER),
+        ])
+        .allow_credentials(true)
         .expose_headers([
             header::HeaderName::from_static("x-request-id"),
             header::RETRY_AFTER,

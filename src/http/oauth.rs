@@ -2,7 +2,7 @@
 //! RFC 6749) and revocation (RFC 7009).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -29,6 +29,9 @@ pub(crate) struct TokenRequest {
     /// Space-separated. Password grant: within the client's allow-list. Refresh grant:
     /// within the session's grant (narrows this access token only); absent: all of it.
     scope: Option<String>,
+    /// `cookie`: the refresh token comes back as an HttpOnly cookie, not in the body
+    /// (browser apps; needs the `X-Tessera-CSRF: 1` header). `body` or absent: in the body.
+    token_delivery: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -36,7 +39,9 @@ pub(crate) struct TokenResponse<'a> {
     access_token: &'a str,
     token_type: &'static str,
     expires_in: i64,
-    refresh_token: &'a str,
+    /// Absent when the refresh token was delivered as a cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
     scope: &'a str,
 }
 
@@ -80,15 +85,37 @@ fn required_str<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, ApiEr
 }
 
 #[utoipa::path(post, path = "/oauth/token", tag = "oauth",
-    description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post; a confidential client's refresh token rotates only with that client's authentication (else 401 invalid_client; another client's token: 400 invalid_grant). `scope` must lie within the client's allow-list (else 400 invalid_scope); on a refresh it may narrow the new access token's scope within the session's grant, never widen it (400 invalid_scope). The `scope` response field is the access token's scope.",
+    description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post; a confidential client's refresh token rotates only with that client's authentication (else 401 invalid_client; another client's token: 400 invalid_grant). `scope` must lie within the client's allow-list (else 400 invalid_scope); on a refresh it may narrow the new access token's scope within the session's grant, never widen it (400 invalid_scope). The `scope` response field is the access token's scope. Browser apps: `token_delivery=cookie` sends the refresh token as an HttpOnly cookie (`__Host-tessera_refresh`, or `tessera_refresh` with Path=/oauth when cookie_secure is off) and leaves it out of the body; a refresh grant without `refresh_token` spends that cookie and answers with the rotated one. Either needs the header `X-Tessera-CSRF: 1` and, with an Origin, an allowed one (else 403 csrf_check_failed, nothing spent).",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Tokens (Cache-Control: no-store)", body = TokenResponse), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 429, description = "Throttled (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+    responses((status = 200, description = "Tokens (Cache-Control: no-store)", body = TokenResponse), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed: a cookie request without X-Tessera-CSRF: 1 or from an origin not allowed", body = crate::http::error::Body), (status = 429, description = "Throttled (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn token(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
     BasicAuth(basic): BasicAuth,
+    headers: HeaderMap,
     OAuthParams(req): OAuthParams<TokenRequest>,
 ) -> Result<Response, ApiError> {
+    let mut cookie = match req.token_delivery.as_deref() {
+        None | Some("" | "body") => false,
+        Some("cookie") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "token_delivery must be body or cookie",
+            ));
+        }
+    };
+    // A refresh grant without the parameter spends the cookie; the answer is a cookie.
+    let from_cookie = match (req.grant_type.as_deref(), &req.refresh_token) {
+        (Some("refresh_token"), None) => state.browser.read(&headers),
+        _ => None,
+    };
+    cookie |= from_cookie.is_some();
+    // Checked before anything is spent or issued. Cookie delivery on a login needs it
+    // too: else a cross-site form could plant the attacker's session in the browser.
+    if cookie {
+        state.browser.check_csrf(&headers)?;
+    }
     let client = request_client(
         &state,
         basic,
@@ -113,7 +140,10 @@ pub(crate) async fn token(
                 .await?
         }
         "refresh_token" => {
-            let token = required(&req.refresh_token, "refresh_token")?;
+            let token = match &from_cookie {
+                Some(t) => t.as_str(),
+                None => required(&req.refresh_token, "refresh_token")?,
+            };
             state
                 .auth
                 .refresh_with_scope(token, &client, req.scope.as_deref(), &caller, now())
@@ -126,27 +156,48 @@ pub(crate) async fn token(
             ));
         }
     };
-    Ok(token_response(&grant))
+    let set_cookie = if cookie {
+        // The cookie lives as long as the refresh token may be used.
+        let max_age = state.auth.policy.refresh_token_ttl;
+        Some(
+            state
+                .browser
+                .set(grant.refresh_token.expose(), max_age)
+                .ok_or_else(|| {
+                    ApiError::from(crate::auth::AuthError::Internal("cookie value".into()))
+                })?,
+        )
+    } else {
+        None
+    };
+    Ok(token_response(&grant, set_cookie))
 }
 
-fn token_response(grant: &Grant) -> Response {
+fn token_response(grant: &Grant, set_cookie: Option<HeaderValue>) -> Response {
     let body = TokenResponse {
         access_token: &grant.access_token,
         token_type: "Bearer",
         expires_in: grant.expires_in,
-        refresh_token: grant.refresh_token.expose(),
+        refresh_token: match set_cookie {
+            Some(_) => None,
+            None => Some(grant.refresh_token.expose()),
+        },
         scope: &grant.scope,
     };
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(v) = set_cookie {
+        headers.insert(header::SET_COOKIE, v);
+    }
     response
 }
 
 /// `token_type_hint` is accepted and not needed: the token's shape tells its kind.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct RevokeRequest {
+    /// Absent: the refresh cookie, if the request carries it.
     token: Option<String>,
     /// A public client names itself; a confidential one authenticates (HTTP Basic or
     /// this and `client_secret`). None: the default public client.
@@ -156,15 +207,23 @@ pub(crate) struct RevokeRequest {
 
 /// RFC 7009 §2.2: 200 whether or not the token was known, or was the caller's.
 #[utoipa::path(post, path = "/oauth/revoke", tag = "oauth", security((), ("basic" = [])),
-    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
+    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
     request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+    responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,
     BasicAuth(basic): BasicAuth,
+    headers: HeaderMap,
     OAuthParams(req): OAuthParams<RevokeRequest>,
 ) -> Result<Response, ApiError> {
+    let from_cookie = match &req.token {
+        None => state.browser.read(&headers),
+        Some(_) => None,
+    };
+    if from_cookie.is_some() {
+        state.browser.check_csrf(&headers)?;
+    }
     let client = request_client(
         &state,
         basic,
@@ -172,10 +231,21 @@ pub(crate) async fn revoke(
         req.client_secret.as_deref(),
     )
     .await?;
-    let token = required(&req.token, "token")?;
+    let token = match &from_cookie {
+        Some(t) => t.as_str(),
+        None => required(&req.token, "token")?,
+    };
     state
         .auth
         .revoke_token(token, &client, &caller, now())
         .await?;
-    Ok(([(header::CACHE_CONTROL, "no-store")], "").into_response())
+    let mut response = ([(header::CACHE_CONTROL, "no-store")], "").into_response();
+    // The browser's cookie is dead once its own token is revoked; revoking another
+    // token leaves it alone.
+    if from_cookie.is_some() || state.browser.read(&headers).as_deref() == req.token.as_deref() {
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, state.browser.clear());
+    }
+    Ok(response)
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod abuse;
 mod accounts;
 mod admin;
+mod browser;
 mod cli;
 mod clients;
 mod exposure;

@@ -10,6 +10,7 @@ mod admin;
 mod cli;
 mod clients;
 mod faults;
+mod hostile;
 mod invariants;
 mod lifecycle;
 mod logs;

@@ -10,6 +10,7 @@ mod admin;
 mod cli;
 mod clients;
 mod faults;
+mod generated;
 mod hostile;
 mod invariants;
 mod lifecycle;

@@ -9,6 +9,7 @@ mod accounts;
 mod admin;
 mod cli;
 mod clients;
+mod enumeration;
 mod faults;
 mod generated;
 mod hostile;

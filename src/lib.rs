@@ -23,3 +23,17 @@ pub mod tokens;
 #[cfg(feature = "server")]
 pub mod transport;
 pub mod verify;
+
+/// Property tests run few cases by default (CI time); `PROPTEST_CASES=N` runs more.
+#[cfg(test)]
+pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default_cases),
+        // Shrunk failures are printed; no regression files written into src/.
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

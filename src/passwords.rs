@@ -51,8 +51,11 @@ tokio::task_local! {
     static HASHED: Cell<bool>;
 }
 
-pub const MIN_PASSWORD_BYTES: usize = 8;
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Password length in characters (Unicode scalar values), as NIST SP 800-63B counts
+/// them and as JSON Schema's `minLength`/`maxLength` do, so the OpenAPI document states
+/// the rule exactly. 1024 characters are at most 4 KiB for argon2 to read.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {

@@ -3,7 +3,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AuthError;
-use crate::passwords::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES};
+use crate::passwords::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 
 const MAX_EMAIL: usize = 254;
 const MAX_SCOPE: usize = 1024;
@@ -40,15 +40,20 @@ pub fn normalize_email(raw: &str) -> Result<String, AuthError> {
 }
 
 pub fn password(password: &SecretString) -> Result<(), AuthError> {
-    let len = password.expose_secret().len();
-    if len < MIN_PASSWORD_BYTES {
+    // Counting stops past the maximum: the work is bounded whatever the length.
+    let len = password
+        .expose_secret()
+        .chars()
+        .take(MAX_PASSWORD_CHARS + 1)
+        .count();
+    if len < MIN_PASSWORD_CHARS {
         return Err(AuthError::InvalidPassword(format!(
-            "password must be at least {MIN_PASSWORD_BYTES} bytes"
+            "password must be at least {MIN_PASSWORD_CHARS} characters"
         )));
     }
-    if len > MAX_PASSWORD_BYTES {
+    if len > MAX_PASSWORD_CHARS {
         return Err(AuthError::InvalidPassword(format!(
-            "password must be at most {MAX_PASSWORD_BYTES} bytes"
+            "password must be at most {MAX_PASSWORD_CHARS} characters"
         )));
     }
     Ok(())
@@ -142,11 +147,16 @@ mod tests {
     }
 
     #[test]
-    fn passwords_have_byte_bounds() {
+    fn passwords_have_character_bounds() {
         assert!(password(&"1234567".into()).is_err());
         assert!(password(&"12345678".into()).is_ok());
         assert!(password(&"x".repeat(1024).into()).is_ok());
         assert!(password(&"x".repeat(1025).into()).is_err());
+        // Characters, not bytes: 4 two-byte characters are too short, 1024 are fine.
+        assert!(password(&"\u{e9}".repeat(4).into()).is_err());
+        assert!(password(&"\u{e9}".repeat(8).into()).is_ok());
+        assert!(password(&"\u{e9}".repeat(1024).into()).is_ok());
+        assert!(password(&"\u{e9}".repeat(1025).into()).is_err());
     }
 
     #[test]

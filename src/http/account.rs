@@ -24,7 +24,10 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignupRequest {
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     email: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
 }
 
@@ -124,13 +127,28 @@ pub(crate) async fn end_session(
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub(crate) struct LogoutRequest {
+    /// Default `local`.
+    #[schema(nullable = false, value_type = Option<LogoutScopeName>)]
     scope: Option<String>,
+}
+
+/// Which sessions `POST /v1/logout` ends.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum LogoutScopeName {
+    /// This session.
+    Local,
+    /// Every other session of the user.
+    Others,
+    /// Every session of the user.
+    Global,
 }
 
 /// `scope` from a JSON body or the query string (as Supabase clients send it);
 /// neither means `local`.
 #[utoipa::path(post, path = "/v1/logout", tag = "account", security(("bearer" = [])),
-    params(("scope" = Option<String>, Query, description = "local (default), others or global; also accepted as a JSON body")),
+    params(("scope" = Option<LogoutScopeName>, Query, description = "local (default), others or global; also accepted as a JSON body")),
     request_body(content = Option<LogoutRequest>),
     responses((status = 204, description = "Logged out; scope local or global also clears the refresh cookie (Set-Cookie with Max-Age=0)"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn logout(
@@ -140,14 +158,25 @@ pub(crate) async fn logout(
     QueryParams(query): QueryParams<LogoutRequest>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let from_body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        LogoutRequest::default()
+    // The body is optional: none, or JSON `null` (as the document allows), is no body.
+    let from_body: Option<LogoutRequest> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
     } else {
         serde_json::from_slice(&body).map_err(|_| {
             ApiError::bad_request("invalid_request", "the body must be {\"scope\": ...}")
         })?
     };
-    let scope = LogoutScope::parse(from_body.scope.or(query.scope).as_deref())?;
+    let from_body = from_body.unwrap_or_default();
+    // Each place that names a scope must name a valid one; the body's wins.
+    let from_query = query
+        .scope
+        .as_deref()
+        .map(|s| LogoutScope::parse(Some(s)))
+        .transpose()?;
+    let scope = match from_body.scope.as_deref() {
+        Some(s) => LogoutScope::parse(Some(s))?,
+        None => from_query.unwrap_or(LogoutScope::Local),
+    };
     let t = now();
     let (claims, _) = state.auth.live_caller(&token, t).await?;
     state.auth.logout(&claims, scope, caller.ip, t).await?;

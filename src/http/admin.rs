@@ -71,23 +71,34 @@ impl From<RevokeOutcome> for RevokedView {
 }
 
 /// Query strings are parsed leniently and checked here, so a bad value is a JSON 400.
+/// A present query parameter must hold a value of its documented type; an empty one
+/// does not (the OpenAPI document types it, so it says so too).
 fn query_uuid(raw: Option<&str>, name: &str) -> Result<Option<Uuid>, ApiError> {
-    raw.filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse().map_err(|_| {
-                ApiError::bad_request("invalid_request", format!("{name} is not a UUID"))
-            })
-        })
-        .transpose()
+    raw.map(|s| {
+        s.parse()
+            .map_err(|_| ApiError::bad_request("invalid_request", format!("{name} is not a UUID")))
+    })
+    .transpose()
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct CreateUser {
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     email: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
+    /// Lower-case words (letters, digits, `_`, `-`, `:`).
     #[serde(default)]
+    #[schema(max_items = 32, inline, value_type = Vec<Role>)]
     roles: Vec<String>,
 }
+
+/// A role name, as the schema documents it.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[a-z0-9_:-]{1,64}$")]
+#[allow(dead_code)]
+pub(crate) struct Role(String);
 
 #[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])), request_body = CreateUser,
     responses((status = 201, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body)))]
@@ -128,7 +139,7 @@ pub(crate) struct UserPage {
 fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     let bad =
         || ApiError::bad_request("invalid_request", format!("limit must be 1 to {MAX_LIMIT}"));
-    match raw.filter(|s| !s.is_empty()) {
+    match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(s) => s
             .parse::<i64>()
@@ -139,7 +150,7 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])),
-    params(("email" = Option<String>, Query, description = "Part of the email"), ("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("email" = Option<String>, Query, description = "Part of the email"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<uuid::Uuid>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = UserPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
@@ -323,7 +334,7 @@ pub(crate) struct AuditPage {
 
 /// Newest first; `cursor` is the `next_cursor` of the previous page.
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("bearer" = [])),
-    params(("user_id" = Option<uuid::Uuid>, Query, description = "Only this user"), ("action" = Option<String>, Query, description = "Only this action"), ("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("user_id" = Option<uuid::Uuid>, Query, description = "Only this user"), ("action" = Option<String>, Query, description = "Only this action"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<i64>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, body = AuditPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
@@ -336,7 +347,6 @@ pub(crate) async fn audit(
     let before = q
         .cursor
         .as_deref()
-        .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<i64>()
                 .map_err(|_| ApiError::bad_request("invalid_request", "cursor is not valid"))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{BasicAuth, ClientInfo, OAuthParams, now};
 use super::{ApiError, AppState};
-use crate::auth::{Grant, RequestClient};
+use crate::auth::{AuthError, Grant, RequestClient};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -18,7 +18,7 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/revoke", post(revoke))
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize)]
 pub(crate) struct TokenRequest {
     grant_type: Option<String>,
     username: Option<String>,
@@ -32,6 +32,51 @@ pub(crate) struct TokenRequest {
     /// `cookie`: the refresh token comes back as an HttpOnly cookie, not in the body
     /// (browser apps; needs the `X-Tessera-CSRF: 1` header). `body` or absent: in the body.
     token_delivery: Option<String>,
+}
+
+/// The token request as documented: one shape per grant, each with the parameters it
+/// requires (RFC 6749 §4.3.2 and §6), so a schema-valid request is one the endpoint
+/// can act on. The handler reads [`TokenRequest`] to name a missing parameter itself.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "grant_type", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum TokenGrant {
+    Password {
+        /// The user's email.
+        #[schema(min_length = 1)]
+        username: String,
+        #[schema(min_length = 1)]
+        password: String,
+        /// A public client's id (none: the default client `app`); with `client_secret`,
+        /// a confidential client's.
+        #[schema(nullable = false)]
+        client_id: Option<String>,
+        #[schema(nullable = false)]
+        client_secret: Option<String>,
+        /// Space-separated, within the client's allow-list.
+        #[schema(nullable = false, pattern = r"^[ !#-\[\]-~]*$", max_length = 1024)]
+        scope: Option<String>,
+        /// `cookie`: the refresh token comes back as an HttpOnly cookie, not in the body
+        /// (browser apps; needs X-Tessera-CSRF: 1). Default `body`.
+        #[schema(nullable = false, pattern = "^(body|cookie)$")]
+        token_delivery: Option<String>,
+    },
+    RefreshToken {
+        /// Required by the document; a browser app using cookie delivery may leave it
+        /// out and send its refresh cookie instead (with X-Tessera-CSRF: 1).
+        #[schema(min_length = 1)]
+        refresh_token: String,
+        #[schema(nullable = false)]
+        client_id: Option<String>,
+        #[schema(nullable = false)]
+        client_secret: Option<String>,
+        /// Narrows this access token within the session's grant; absent: all of it.
+        #[schema(nullable = false, pattern = r"^[ !#-\[\]-~]*$", max_length = 1024)]
+        scope: Option<String>,
+        /// As on the password grant.
+        #[schema(nullable = false, pattern = "^(body|cookie)$")]
+        token_delivery: Option<String>,
+    },
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -61,8 +106,13 @@ pub async fn request_client(
 ) -> Result<RequestClient, ApiError> {
     let credentials = match (basic, client_secret.filter(|s| !s.is_empty())) {
         (Some(pair), _) => Some(pair),
+        // A secret that names no client is failed client authentication (RFC 6749
+        // §5.2 invalid_client), not a malformed request.
         (None, Some(secret)) => Some((
-            required_str(client_id, "client_id")?.to_owned(),
+            client_id
+                .filter(|id| !id.is_empty())
+                .ok_or(AuthError::InvalidClient)?
+                .to_owned(),
             secret.to_owned(),
         )),
         (None, None) => None,
@@ -78,15 +128,9 @@ pub async fn request_client(
     })
 }
 
-fn required_str<'a>(value: Option<&'a str>, name: &str) -> Result<&'a str, ApiError> {
-    value.filter(|v| !v.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("invalid_request", format!("missing parameter: {name}"))
-    })
-}
-
 #[utoipa::path(post, path = "/oauth/token", tag = "oauth",
     description = "RFC 6749 token endpoint: the password and refresh_token grants. Form-encoded or JSON. Confidential clients authenticate with HTTP Basic or client_secret_post; a confidential client's refresh token rotates only with that client's authentication (else 401 invalid_client; another client's token: 400 invalid_grant). `scope` must lie within the client's allow-list (else 400 invalid_scope); on a refresh it may narrow the new access token's scope within the session's grant, never widen it (400 invalid_scope). The `scope` response field is the access token's scope. Browser apps: `token_delivery=cookie` sends the refresh token as an HttpOnly cookie (`__Host-tessera_refresh`, or `tessera_refresh` with Path=/oauth when cookie_secure is off) and leaves it out of the body; a refresh grant without `refresh_token` spends that cookie and answers with the rotated one. Either needs the header `X-Tessera-CSRF: 1` and, with an Origin, an allowed one (else 403 csrf_check_failed, nothing spent).",
-    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = TokenGrant, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Tokens (Cache-Control: no-store)", body = TokenResponse), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed: a cookie request without X-Tessera-CSRF: 1 or from an origin not allowed", body = crate::http::error::Body), (status = 429, description = "Throttled (Retry-After)", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn token(
     State(state): State<AppState>,
@@ -197,11 +241,16 @@ fn token_response(grant: &Grant, set_cookie: Option<HeaderValue>) -> Response {
 /// `token_type_hint` is accepted and not needed: the token's shape tells its kind.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct RevokeRequest {
-    /// Absent: the refresh cookie, if the request carries it.
+    /// Required by the document (RFC 7009 §2.1). A browser app using cookie delivery
+    /// may leave it out and send its refresh cookie instead (with X-Tessera-CSRF: 1);
+    /// absent with no cookie, or empty: 400 invalid_request.
+    #[schema(required = true, nullable = false, min_length = 1)]
     token: Option<String>,
     /// A public client names itself; a confidential one authenticates (HTTP Basic or
     /// this and `client_secret`). None: the default public client.
+    #[schema(nullable = false)]
     client_id: Option<String>,
+    #[schema(nullable = false)]
     client_secret: Option<String>,
 }
 

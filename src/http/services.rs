@@ -48,8 +48,12 @@ async fn confidential(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct IntrospectRequest {
+    /// Required (RFC 7662 §2.1); absent or empty: 400 invalid_request.
+    #[schema(required = true, nullable = false, min_length = 1)]
     token: Option<String>,
+    #[schema(nullable = false)]
     client_id: Option<String>,
+    #[schema(nullable = false)]
     client_secret: Option<String>,
 }
 
@@ -94,7 +98,7 @@ pub(crate) struct FeedPage {
 /// starts after `Last-Event-ID` (or `after`).
 #[utoipa::path(get, path = "/v1/revocations", tag = "services", security(("basic" = [])),
     description = "Ended sessions whose access tokens may still be unexpired. JSON pages, or with Accept: text/event-stream a live Server-Sent Events stream (event: revocation, id: seq; resumable with Last-Event-ID). Streams are capped per client and per instance: past a cap, 503 too_many_streams with Retry-After.",
-    params(("after" = Option<String>, Query, description = "cursor of the previous page")),
+    params(("after" = Option<String>, Query, pattern = "^[0-9]{0,18}$", description = "cursor of the previous page; empty or absent: from the start")),
     responses((status = 200, body = FeedPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 503, description = "Too many open streams, or the store is unavailable (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revocations(
     State(state): State<AppState>,
@@ -107,11 +111,16 @@ pub(crate) async fn revocations(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Empty means from the start. Otherwise a cursor is what pages hand out: digits
+    // (sequence numbers count up from 1), exactly as the document's pattern says.
     let after = match from_header.or(q.after).filter(|s| !s.is_empty()) {
         None => 0,
-        Some(s) => s
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("invalid_request", "after is not a valid cursor"))?,
+        Some(s) => Some(s.as_str())
+            .filter(|s| s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_request", "after is not a valid cursor")
+            })?,
     };
     let wants_stream = headers
         .get(header::ACCEPT)

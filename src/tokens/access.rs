@@ -164,4 +164,42 @@ mod tests {
         assert_eq!(wrong_aud.verify(&keys, &good), Err(VerifyError::Invalid));
         Ok(())
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(128))]
+
+            /// Any edit to a signed token (a character replaced, inserted or removed,
+            /// including a signature's unused trailing bits) that changes it is refused.
+            #[test]
+            fn every_edit_of_a_signed_token_is_refused(
+                at in any::<prop::sample::Index>(),
+                c in prop_oneof![any::<char>(), prop::sample::select(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.".chars().collect::<Vec<_>>()
+                )],
+                edit in 0..3_u8,
+                alg in prop::sample::select(vec![Algorithm::EdDSA, Algorithm::ES256]),
+            ) {
+                let (tokens, keys) = setup(alg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let claims = tokens.claims(Uuid::new_v4(), Uuid::new_v4(), "app", "", vec![], now());
+                let good = tokens.sign(&keys, &claims);
+                let mut chars: Vec<char> = good.chars().collect();
+                let i = at.index(chars.len());
+                match edit {
+                    0 => chars[i] = c,
+                    1 => chars.insert(i, c),
+                    _ => {
+                        chars.remove(i);
+                    }
+                }
+                let edited: String = chars.into_iter().collect();
+                prop_assume!(edited != good);
+                prop_assert!(tokens.verify(&keys, &edited).is_err(), "{}", edited);
+            }
+        }
+    }
 }

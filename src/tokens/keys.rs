@@ -324,6 +324,15 @@ impl KeySet {
     pub fn active_kid(&self) -> &str {
         &self.active.kid
     }
+
+    /// The base64url signature of a JWS signing input (`header.payload`) by the active
+    /// key. The server mints only through `AccessTokens::sign`; this is for tests that
+    /// need tokens it would never mint (extra or duplicate members, `nbf`), signed by a
+    /// real key so that only the oddity can be why they fail.
+    #[doc(hidden)]
+    pub fn sign_input(&self, signing_input: &str) -> String {
+        self.active.signer.sign(signing_input.as_bytes())
+    }
 }
 
 #[cfg(test)]

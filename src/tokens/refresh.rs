@@ -95,6 +95,9 @@ impl std::fmt::Debug for TokenHash {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -149,6 +149,9 @@ impl Header {
     }
 }
 
+#[cfg(test)]
+mod properties;
+
 /// The `kid` of an HS256 shared secret: derived from it (an HMAC, which reveals nothing
 /// of the secret), so the server and a verifier holding the same secret agree on it.
 pub fn hs256_kid(secret: &[u8]) -> String {

@@ -104,3 +104,96 @@ async fn docs_page_serves_its_own_assets() {
     let init = app.text("/docs/swagger-initializer.js").await;
     assert!(init.contains("/openapi.json"));
 }
+
+/// Where the document and the server once disagreed (found by schemathesis): each
+/// schema-valid edge is accepted and each schema-invalid one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_and_the_server_agree_at_the_edges() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, tokens) = app.user_with_session().await;
+    let user = tokens["access_token"].as_str().unwrap().to_owned();
+    let (_, admin) = app.admin_session().await;
+    let admin = admin["access_token"].as_str().unwrap().to_owned();
+
+    // The logout body is optional (`null` too); a scope named anywhere must be valid.
+    let logout = |query: &'static str, body: &'static str| {
+        app.client
+            .post(app.url(&format!("/v1/logout{query}")))
+            .bearer_auth(&user)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let refused = logout("?scope=AAA", r#"{"scope": "local"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "invalid query scope"
+    );
+    let null_body = logout("", "null").send().await.unwrap();
+    assert_eq!(null_body.status(), StatusCode::NO_CONTENT, "a null body");
+
+    // A present query parameter holds a value of its documented type.
+    for path in [
+        "/v1/admin/users?cursor=",
+        "/v1/admin/users?limit=",
+        "/v1/admin/audit?user_id=",
+        "/v1/admin/audit?cursor=",
+    ] {
+        assert_eq!(
+            app.get(path, &admin).await.0,
+            StatusCode::BAD_REQUEST,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        app.get("/v1/admin/audit?action=", &admin).await.0,
+        StatusCode::OK
+    );
+
+    // Passwords are counted in characters, as JSON Schema's minLength counts them.
+    let (status, body) = app
+        .signup(
+            "short-in-chars@example.com",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = app
+        .signup("eight-chars@example.com", &"\u{e9}".repeat(8))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A client secret that names no client is failed client authentication.
+    let (status, body) = app
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_secret", "null"),
+        ])
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+
+    // The token request is documented one shape per grant, each naming what it needs.
+    let doc: Value = app.fetch("/openapi.json").await;
+    let grants = &doc["components"]["schemas"]["TokenGrant"]["oneOf"];
+    let required: Vec<Value> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["required"].clone())
+        .collect();
+    assert_eq!(
+        required,
+        vec![
+            serde_json::json!(["username", "password", "grant_type"]),
+            serde_json::json!(["refresh_token", "grant_type"]),
+        ],
+        "{grants}"
+    );
+}

@@ -28,6 +28,9 @@ pub struct PgStore {
     feed: broadcast::Sender<Revocation>,
 }
 
+/// The advisory lock instances take turns on to migrate (closing the connection frees it).
+const MIGRATION_LOCK: i64 = 7_365_820;
+
 /// A readiness check gives up after this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -211,18 +214,30 @@ impl super::Store for PgStore {
     fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             // On a connection of its own with no statement timeout: a migration that
-            // builds an index on a large table, or waits on the migrator's advisory lock
-            // while another instance migrates, must not be cancelled. The connection is
-            // closed afterwards, not returned to the pool. The migrator's advisory lock
-            // makes instances starting together take turns.
+            // builds an index on a large table must not be cancelled. The connection is
+            // closed afterwards (freeing the lock below), not returned to the pool.
             let mut conn = self.pool.acquire().await?.detach();
             sqlx::query("SET statement_timeout = 0")
                 .execute(&mut conn)
                 .await?;
+            // Instances starting together take turns. Not sqlx's own lock: it waits
+            // inside a statement, and `CREATE INDEX CONCURRENTLY` in one instance waits
+            // for every statement in flight, so the two would deadlock. A waiting
+            // instance here polls between statements instead.
+            while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut conn)
+                .await?
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut migrator = migrator();
+            migrator.set_locking(false);
             // `run_direct`: `run` with a connection trips sqlx's "Acquire is not general
             // enough" inside a boxed future.
-            migrator().run_direct(None, &mut conn, false).await?;
+            let migrated = migrator.run_direct(None, &mut conn, false).await;
             let _ = sqlx::Connection::close(conn).await;
+            migrated?;
             Ok(())
         })
     }

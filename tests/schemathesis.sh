@@ -98,10 +98,12 @@ headers = { Authorization = "Bearer $user_token" }
 
 # RFC 6749 §5.2: a well-formed token request with a wrong password, an unknown or spent
 # refresh token, or a scope outside the grant is answered 400 (invalid_grant,
-# invalid_scope). Schema-valid is not the same as valid credentials here.
+# invalid_scope). Schema-valid is not the same as valid credentials here. And
+# token_delivery=cookie without the X-Tessera-CSRF header is 403 csrf_check_failed (a
+# documented answer: the header is what a cross-site form cannot send).
 [[operations]]
 include-path = "/oauth/token"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "429"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "429"]
 TOML
 
 status=0

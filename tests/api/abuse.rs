@@ -189,10 +189,8 @@ async fn feed_reads(app: &TestApp) -> u64 {
 
 async fn many_streams_cost_one_store_read_per_revocation(backend: Backend) {
     const STREAMS: usize = 5_000;
-    // Each stream is two descriptors in this process (client and server): one such
-    // test at a time keeps the suite well inside the open-file limit.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = ONE_AT_A_TIME.lock().await;
+    // Each stream is two descriptors in this process (client and server).
+    let _turn = crate::helpers::MANY_CONNECTIONS.lock().await;
     let app = spawn_app_with(
         backend,
         &[

@@ -184,6 +184,10 @@ pub async fn fresh_pg_database() -> String {
 
 static RUN_ID: OnceLock<String> = OnceLock::new();
 
+/// Tests that open thousands of connections take turns, so that together they stay
+/// well inside the open-file limit and the machine's loopback backlog.
+pub static MANY_CONNECTIONS: Mutex<()> = Mutex::const_new(());
+
 fn run_id() -> String {
     format!("{}", std::process::id())
 }

@@ -153,6 +153,7 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_slow_connections_do_not_keep_a_client_out() {
+    let _turn = crate::helpers::MANY_CONNECTIONS.lock().await;
     // A long header timeout: the slow connections stay for the whole measurement.
     let app = spawn_app_with(
         Backend::Sqlite,
@@ -281,6 +282,7 @@ fn server_binary() -> String {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_a_1024_file_limit_1100_slow_connections_do_not_stop_the_server() {
+    let _turn = crate::helpers::MANY_CONNECTIONS.lock().await;
     if std::process::Command::new("prlimit")
         .arg("--version")
         .output()
@@ -373,8 +375,8 @@ async fn at_a_1024_file_limit_1100_slow_connections_do_not_stop_the_server() {
     assert!(up, "the server did not start");
     assert_eq!(
         (
-            signup.map_err(|e| e.to_string()),
-            login.map(|l| l.0).map_err(|e| e.to_string()),
+            signup.map_err(|e| format!("{e:?}")),
+            login.map(|l| l.0).map_err(|e| format!("{e:?}")),
             refresh
         ),
         (

@@ -130,6 +130,16 @@ impl Drop for Served {
     }
 }
 
+/// Runs a blocking `pg_ctl` step off the async workers, handing the cluster back.
+async fn off_thread(cluster: OwnedCluster, step: fn(&OwnedCluster)) -> OwnedCluster {
+    tokio::task::spawn_blocking(move || {
+        step(&cluster);
+        cluster
+    })
+    .await
+    .unwrap()
+}
+
 /// What the load saw.
 #[derive(Default)]
 struct Seen {
@@ -349,23 +359,13 @@ async fn stopping_postgres_under_load_answers_503_and_loses_nothing() {
     ));
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.stop();
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = off_thread(cluster, OwnedCluster::stop).await;
     let down_at = Instant::now();
     let ok_before_outage = seen.lock().unwrap().ok;
     // Down for three seconds: the outage itself, not a wait for a result.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ok_during = seen.lock().unwrap().ok - ok_before_outage;
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.start();
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = off_thread(cluster, OwnedCluster::start).await;
     let up_at = Instant::now();
     let mut recovered = None;
     while up_at.elapsed() < Duration::from_secs(10) {

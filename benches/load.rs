@@ -191,6 +191,7 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             revoked_at: None,
             user_agent: None,
             ip: None,
+            dpop_jkt: None,
         };
         let token = RefreshToken::generate();
         store
@@ -221,9 +222,14 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             scope: None,
             caller_ip: Some("127.0.0.1".into()),
             caller_agent: Some(0x7e55_e7a0),
+            dpop_jkt: None,
+            proof: None,
         };
         assert!(
-            store.rotate(&rotation).await.unwrap().is_some(),
+            matches!(
+                store.rotate(&rotation).await.unwrap(),
+                tessera::store::Rotate::Rotated(_)
+            ),
             "rotation failed"
         );
         (store, successor)

@@ -86,6 +86,7 @@ pub struct Config {
     pub metrics_listen: String,
     pub cookie_secure: bool,
     pub cookie_samesite: crate::http::browser::SameSite,
+    pub dpop_require_nonce: bool,
 }
 
 impl Config {

@@ -43,7 +43,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Register a client; prints {"client_id", "scopes", "client_secret"} once as JSON.
+    /// Register a client; prints {"client_id", "scopes", "require_dpop", "client_secret"}
+    /// once as JSON.
     Create {
         #[arg(long)]
         name: String,
@@ -53,6 +54,10 @@ enum ClientCommand {
         /// The scopes the client may be granted, space-separated; none if omitted.
         #[arg(long, default_value = "")]
         scopes: String,
+        /// Its token requests must carry a DPoP proof (RFC 9449), so all its tokens are
+        /// bound to the client's key; otherwise DPoP is optional.
+        #[arg(long)]
+        require_dpop: bool,
     },
 }
 
@@ -167,6 +172,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             name,
             confidential,
             scopes,
+            require_dpop,
         }) => {
             let state = server::build_state(&config).await?;
             let client = state
@@ -175,12 +181,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
                     &name,
                     confidential,
                     &scopes,
+                    require_dpop,
                     tessera::http::extract::now(),
                 )
                 .await
                 .map_err(|e| StartError::Other(e.to_string()))?;
-            let mut out =
-                serde_json::json!({"client_id": client.client_id, "scopes": client.scopes});
+            let mut out = serde_json::json!({
+                "client_id": client.client_id,
+                "scopes": client.scopes,
+                "require_dpop": client.require_dpop,
+            });
             if let Some(secret) = client.client_secret {
                 out["client_secret"] = secret.into();
             }

@@ -35,6 +35,8 @@ pub enum RefreshOutcome {
     replayed_in_grace,
     replay_refused,
     reuse_detected,
+    /// A DPoP-bound refresh token without a proof by its key.
+    dpop_refused,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -145,6 +145,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         StartError::Other("TESSERA_DATABASE_URL must start with sqlite: or postgres://".into())
     })?;
     let secret = secret_key(config, backend)?;
+    let dpop = crate::auth::DpopPolicy::new(
+        config.dpop_require_nonce,
+        &secret.derive("tessera dpop nonces"),
+    );
     let store = open_store(config).await?;
     let key_policy = key_policy(config, secret)?;
     let keys = crate::auth::keys::bootstrap(store.as_ref(), &key_policy, unix_now())
@@ -207,6 +211,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             throttle,
             metrics,
             default_client_scopes: config.default_client_scopes.clone(),
+            dpop,
         })),
         issuer: config.issuer.as_str().into(),
         jwks_max_age_secs: config.jwks_max_age_secs,
@@ -367,15 +372,27 @@ impl Server {
     }
 }
 
-/// Every `period`, the janitor's run (see `auth::janitor`).
+/// Every `period`, the janitor's run (see `auth::janitor`); every minute, the DPoP
+/// proofs remembered against replay that are now too old to matter.
 async fn janitor(auth: Arc<Auth>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut proofs = tokio::time::interval(Duration::from_secs(60));
+    proofs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    proofs.tick().await;
     loop {
-        tick.tick().await;
-        let report = auth.prune(unix_now()).await;
-        tracing::debug!(?report, "janitor run");
+        tokio::select! {
+            _ = tick.tick() => {
+                let report = auth.prune(unix_now()).await;
+                tracing::debug!(?report, "janitor run");
+            }
+            _ = proofs.tick() => {
+                let what = [crate::store::Prunable::DpopProofs];
+                let report = auth.prune_kinds(&what, unix_now()).await;
+                tracing::debug!(?report, "DPoP proofs pruned");
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub struct NewClient {
     pub client_secret: Option<String>,
     /// Its scope allow-list, normalised.
     pub scopes: String,
+    pub require_dpop: bool,
 }
 
 /// A client secret is 256 random bits, so a plain SHA-256 is as strong as a slow hash.
@@ -56,16 +57,18 @@ impl Auth {
         confidential: bool,
         now: i64,
     ) -> Result<NewClient, AuthError> {
-        self.create_client_with_scopes(name, confidential, "", now)
+        self.create_client_with_scopes(name, confidential, "", false, now)
             .await
     }
 
-    /// Registers a client allowed the scopes in `scopes` (space-separated) and no others.
+    /// Registers a client allowed the scopes in `scopes` (space-separated) and no others;
+    /// with `require_dpop`, its token requests must carry a DPoP proof.
     pub async fn create_client_with_scopes(
         &self,
         name: &str,
         confidential: bool,
         scopes: &str,
+        require_dpop: bool,
         now: i64,
     ) -> Result<NewClient, AuthError> {
         let name = name.trim();
@@ -83,6 +86,7 @@ impl Auth {
             name: name.to_owned(),
             secret_hash: client_secret.as_deref().map(secret_hash),
             scopes: scopes.clone(),
+            require_dpop,
             created_at: now,
         };
         self.store.create_client(&client).await?;
@@ -90,6 +94,7 @@ impl Auth {
             client_id,
             client_secret,
             scopes,
+            require_dpop,
         })
     }
 

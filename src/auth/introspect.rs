@@ -35,6 +35,16 @@ pub struct Introspection {
     pub jti: Option<Uuid>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// A DPoP-bound token's key (RFC 9449 §6.2): an access token bound to it, or a
+    /// refresh token whose session is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Cnf>,
+}
+
+/// The confirmation claim: the RFC 7638 thumbprint of the key a token is bound to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Cnf {
+    pub jkt: String,
 }
 
 impl Auth {
@@ -62,6 +72,7 @@ impl Auth {
                 exp: Some(state.expires_at),
                 iat: Some(state.issued_at),
                 iss: Some(self.access.issuer.clone()),
+                cnf: s.dpop_jkt.clone().map(|jkt| Cnf { jkt }),
                 ..Introspection::default()
             });
         }
@@ -73,7 +84,12 @@ impl Auth {
         };
         Ok(Introspection {
             active: true,
-            token_type: Some("Bearer"),
+            token_type: Some(if claims.cnf.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            }),
+            cnf: claims.cnf.map(|c| Cnf { jkt: c.jkt }),
             sub: Some(claims.sub),
             sid: Some(claims.sid),
             username: Some(user.email),

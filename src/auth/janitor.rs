@@ -18,6 +18,9 @@
 //!   token it covers.
 //! - Audit events are kept `audit_retention_days`.
 //! - Login-throttle rows are forgotten once their window and block have passed.
+//! - A DPoP proof is remembered (against replay) until its `iat` is too old to be
+//!   accepted anyway (a minute); these go every minute, not only at the janitor's runs,
+//!   since every DPoP request adds one.
 //!
 //! Deletes run in batches of `batch` rows, each its own short transaction (bounded
 //! lock time, no long transaction), with a pause between batches so other writers
@@ -60,6 +63,8 @@ pub fn cutoff(what: Prunable, now: i64, policy: &JanitorPolicy) -> i64 {
         }
         Prunable::Revocations => now - FEED_MARGIN_SECS,
         Prunable::AuditEvents => now - policy.audit_retention_secs,
+        // Remembered until their `iat` is too old to be accepted: then they may go.
+        Prunable::DpopProofs => now,
     }
 }
 
@@ -68,9 +73,19 @@ impl Auth {
     /// is left to delete or another instance turns out to be pruning. A kind that
     /// fails (a timeout, say) is logged and the run goes on with the next.
     pub async fn prune(&self, now: i64) -> PruneReport {
+        let mut report = self.prune_kinds(&Prunable::ALL, now).await;
+        if let Err(e) = self.prune_throttle(now).await {
+            tracing::warn!(error = %e, "pruning login-throttle rows failed");
+            report.failed.push("login_throttle");
+        }
+        report
+    }
+
+    /// Prunes the given kinds only (the remembered DPoP proofs go every minute).
+    pub async fn prune_kinds(&self, kinds: &[Prunable], now: i64) -> PruneReport {
         let policy = self.janitor;
         let mut report = PruneReport::default();
-        'kinds: for what in Prunable::ALL {
+        'kinds: for &what in kinds {
             let before = cutoff(what, now, &policy);
             loop {
                 match self.store.prune_batch(what, before, policy.batch).await {
@@ -93,10 +108,6 @@ impl Auth {
                 }
                 tokio::time::sleep(policy.pause).await;
             }
-        }
-        if let Err(e) = self.prune_throttle(now).await {
-            tracing::warn!(error = %e, "pruning login-throttle rows failed");
-            report.failed.push("login_throttle");
         }
         report
     }

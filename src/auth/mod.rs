@@ -3,6 +3,7 @@
 //! the [`Store`] trait; it knows nothing of HTTP.
 
 mod clients;
+pub mod dpop;
 mod introspect;
 pub mod janitor;
 pub mod keys;
@@ -25,6 +26,7 @@ use crate::tokens::keys::KeySet;
 use crate::tokens::refresh::RefreshToken;
 
 pub use clients::NewClient;
+pub use dpop::DpopPolicy;
 pub use introspect::Introspection;
 pub use janitor::JanitorPolicy;
 pub use keys::KeyPolicy;
@@ -56,6 +58,13 @@ pub enum AuthError {
     SignupDisabled,
     #[error("{0}")]
     InvalidToken(VerifyError),
+    /// A DPoP proof was missing or failed a check (`invalid_dpop_proof`, or for a
+    /// missing nonce `use_dpop_nonce`).
+    #[error("{0}")]
+    InvalidDpopProof(dpop::ProofError),
+    /// A DPoP proof is needed here and none was sent (`invalid_dpop_proof`).
+    #[error("{0}")]
+    DpopRequired(&'static str),
     #[error("the session is no longer valid")]
     SessionEnded,
     #[error("this requires the admin role")]
@@ -136,6 +145,8 @@ pub struct Caller {
 #[derive(Debug)]
 pub struct Grant {
     pub access_token: String,
+    /// `Bearer`, or `DPoP` for an access token bound to the request's proof key.
+    pub token_type: &'static str,
     pub expires_in: i64,
     pub refresh_token: RefreshToken,
     pub scope: String,
@@ -150,6 +161,7 @@ pub struct Auth {
     pub key_policy: KeyPolicy,
     pub throttle: ThrottlePolicy,
     pub janitor: JanitorPolicy,
+    pub dpop: DpopPolicy,
     keys: RwLock<Arc<KeySet>>,
     clients: clients::ClientCache,
     /// The default client's scope allow-list (config: `default_client_scopes`).
@@ -170,6 +182,7 @@ pub struct AuthParts {
     pub metrics: Arc<Metrics>,
     /// The default client's scope allow-list, space-separated.
     pub default_client_scopes: String,
+    pub dpop: DpopPolicy,
 }
 
 impl Auth {
@@ -182,6 +195,7 @@ impl Auth {
             key_policy: parts.key_policy,
             throttle: parts.throttle,
             janitor: parts.janitor,
+            dpop: parts.dpop,
             metrics: parts.metrics,
             clients: clients::ClientCache::default(),
             default_client_scopes: parts.default_client_scopes,
@@ -276,13 +290,16 @@ impl Auth {
     }
 
     /// The password grant: checks the credentials (one argon2 run whether or not the
-    /// user exists), then opens a session with its first refresh token.
+    /// user exists), then opens a session with its first refresh token. With a DPoP
+    /// proof (already checked but for replay), the session is bound to its key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn login(
         &self,
         email: &str,
         password: SecretString,
         client: &RequestClient,
         scope: Option<&str>,
+        dpop: Option<&dpop::Proof>,
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
@@ -293,8 +310,14 @@ impl Auth {
                 .ok_or(AuthError::InvalidClient)?,
             other => self.public_client(other.id()).await?,
         };
+        if client.require_dpop && dpop.is_none() {
+            return Err(AuthError::DpopRequired("this client requires a DPoP proof"));
+        }
         self.check_login_throttle(email, caller.ip.as_deref(), now)
             .await?;
+        if let Some(proof) = dpop {
+            self.claim_dpop_proof(proof).await?;
+        }
         let scope = normalize_scope(scope)?;
         self.check_allowed_scope(&client, &scope)?;
         let client_id = client.id;
@@ -335,6 +358,7 @@ impl Auth {
             revoked_at: None,
             user_agent: caller.user_agent.clone(),
             ip: caller.ip.clone(),
+            dpop_jkt: dpop.map(|p| p.jkt.clone()),
         };
         let refresh_token = RefreshToken::generate();
         let token_expires_at = (now + self.policy.refresh_token_ttl).min(session.expires_at);
@@ -344,7 +368,7 @@ impl Auth {
             user_id: Some(user.id),
             session_id: Some(session.id),
             ip: caller.ip.clone(),
-            detail: serde_json::json!({"client_id": client_id}),
+            detail: serde_json::json!({"client_id": client_id, "dpop_jkt": session.dpop_jkt}),
             ..AuditEvent::default()
         };
         let created = self
@@ -367,6 +391,7 @@ impl Auth {
             &scope,
             user.roles,
             refresh_token,
+            session.dpop_jkt.as_deref(),
             now,
         ))
     }
@@ -404,12 +429,21 @@ impl Auth {
         scope: &str,
         roles: Vec<String>,
         refresh_token: RefreshToken,
+        dpop_jkt: Option<&str>,
         now: i64,
     ) -> Grant {
-        let claims = self
+        let mut claims = self
             .access
             .claims(user_id, session_id, client_id, scope, roles, now);
+        claims.cnf = dpop_jkt.map(|jkt| crate::verify::Confirmation {
+            jkt: jkt.to_owned(),
+        });
         Grant {
+            token_type: if claims.cnf.is_some() {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
             access_token: self.access.sign(&self.keys(), &claims),
             expires_in: self.access.ttl_secs,
             refresh_token,

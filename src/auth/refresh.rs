@@ -4,10 +4,11 @@
 //! client and the scope asked for on the way. Only when that statement refuses does a
 //! second read find out why, and the rules decide.
 
+use super::dpop::{Proof, ProofError, claim_of};
 use super::rules::{self, Decision, Grace, Presenter, Rejection};
 use super::{Auth, AuthError, Caller, DEFAULT_CLIENT, Grant, RequestClient, validate};
 use crate::metrics::RefreshOutcome;
-use crate::store::{AuditEvent, Revoke, Rotation, TokenState};
+use crate::store::{AuditEvent, ProofClaim, Revoke, Rotate, Rotation, TokenState};
 use crate::tokens::refresh::RefreshToken;
 
 const UNUSABLE: &str = "the refresh token is invalid, expired or revoked";
@@ -21,18 +22,21 @@ impl Auth {
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
-        self.refresh_with_scope(raw, client, None, caller, now)
+        self.refresh_with_scope(raw, client, None, None, caller, now)
             .await
     }
 
     /// The refresh grant; `scope` (RFC 6749 §6) may narrow the new access token's scope
     /// within the session's grant. The session and its successor token keep the whole
-    /// grant, so a later refresh can ask for it again.
+    /// grant, so a later refresh can ask for it again. `dpop`: the request's DPoP
+    /// proof, already checked (signature, `htm`, `htu`, `iat`, nonce); its replay
+    /// claim and the session's key binding are checked in the rotation statement.
     pub async fn refresh_with_scope(
         &self,
         raw: &str,
         client: &RequestClient,
         scope: Option<&str>,
+        dpop: Option<&Proof>,
         caller: &Caller,
         now: i64,
     ) -> Result<Grant, AuthError> {
@@ -46,20 +50,31 @@ impl Auth {
             client_id,
             authenticated: matches!(client, RequestClient::Authenticated(_)),
             scope: asked.as_deref(),
+            dpop_jkt: dpop.map(|p| p.jkt.as_str()),
         };
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
 
-        if let Some(grant) = self.rotate(&parent, &presenter, caller, now).await? {
-            return Ok(grant);
+        match self
+            .rotate(&parent, &presenter, dpop.map(claim_of), caller, now)
+            .await?
+        {
+            Some(Ok(grant)) => return Ok(grant),
+            Some(Err(e)) => return Err(e),
+            None => {}
         }
         let Some(state) = self.store.token_state(parent.hash()).await? else {
             return Err(AuthError::InvalidGrant(UNUSABLE));
         };
-        let confidential = self
-            .cached_client(&state.session.client_id)
-            .await?
-            .is_some_and(|c| c.secret_hash.is_some());
-        if let Err(why) = rules::check_presenter(&state, confidential, &presenter) {
+        let client = self.cached_client(&state.session.client_id).await?;
+        let confidential = client.as_ref().is_some_and(|c| c.secret_hash.is_some());
+        let requires_dpop = client.as_ref().is_some_and(|c| c.require_dpop);
+        if let Err(why) = rules::check_presenter(&state, confidential, requires_dpop, &presenter) {
+            if matches!(
+                why,
+                Rejection::DpopProofRequired | Rejection::DpopKeyMismatch
+            ) {
+                self.dpop_refused(&state, why, dpop, caller, now).await?;
+            }
             return Err(self.refused(why, &presenter).await);
         }
         let grace = Grace {
@@ -69,7 +84,7 @@ impl Auth {
         match rules::judge(&state, client_id, now, grace) {
             Decision::Replay => {
                 if let Some(grant) = self
-                    .replay(&parent, &state, presenter.scope, caller, now)
+                    .replay(&parent, &state, &presenter, caller, now)
                     .await?
                 {
                     return Ok(grant);
@@ -91,12 +106,49 @@ impl Auth {
                 self.replay_refused(&parent, &state, caller, now).await
             }
             Decision::Reject(why) => Err(self.refused(why, &presenter).await),
-            // The winner of a race rolled back: one more attempt, never a loop.
+            // The winner of a race rolled back: one more attempt, never a loop. The
+            // proof was claimed by the first attempt.
             Decision::Rotate => self
-                .rotate(&parent, &presenter, caller, now)
+                .rotate(&parent, &presenter, None, caller, now)
                 .await?
-                .ok_or(AuthError::InvalidGrant(UNUSABLE)),
+                .unwrap_or(Err(AuthError::InvalidGrant(UNUSABLE))),
         }
+    }
+
+    /// A bound refresh token presented without its key: refused, nothing spent, and
+    /// audited as a security event (a copy of the token is out there).
+    async fn dpop_refused(
+        &self,
+        state: &TokenState,
+        why: Rejection,
+        dpop: Option<&Proof>,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        self.metrics.refresh(RefreshOutcome::dpop_refused);
+        tracing::warn!(session_id = %state.session.id, "refresh token presented without its DPoP key");
+        let presented = match why {
+            Rejection::DpopKeyMismatch => "other_key",
+            _ => "no_proof",
+        };
+        self.store
+            .record(&AuditEvent {
+                at: now,
+                action: "refresh_dpop_refused".into(),
+                user_id: Some(state.session.user_id),
+                session_id: Some(state.session.id),
+                ip: caller.ip.clone(),
+                detail: serde_json::json!({
+                    "presented": presented,
+                    "bound_jkt": state.session.dpop_jkt,
+                    "proof_jkt": dpop.map(|p| p.jkt.as_str()),
+                    "spent": state.spent_at.is_some(),
+                    "user_agent": caller.user_agent,
+                }),
+                ..AuditEvent::default()
+            })
+            .await?;
+        Ok(())
     }
 
     /// The error for a refused refresh.
@@ -104,6 +156,7 @@ impl Auth {
         match why {
             Rejection::ClientAuthRequired => AuthError::InvalidClient,
             Rejection::ScopeWidened => AuthError::InvalidScope(why.describe()),
+            Rejection::DpopProofRequired => AuthError::DpopRequired(why.describe()),
             // An unknown client is a client error; a known one holding another
             // client's token is a grant error.
             Rejection::WrongClient if !presenter.authenticated => {
@@ -150,13 +203,16 @@ impl Auth {
         ))
     }
 
+    /// The rotation statement: `None` when it spent nothing and the rules must judge
+    /// why; `Some(Err)` when the request's proof was a replay.
     async fn rotate(
         &self,
         parent: &RefreshToken,
         presenter: &Presenter<'_>,
+        proof: Option<ProofClaim>,
         caller: &Caller,
         now: i64,
-    ) -> Result<Option<Grant>, AuthError> {
+    ) -> Result<Option<Result<Grant, AuthError>>, AuthError> {
         let successor = RefreshToken::generate();
         let rotation = Rotation {
             parent: parent.hash(),
@@ -169,21 +225,28 @@ impl Auth {
             scope: presenter.scope.map(<[String]>::to_vec),
             caller_ip: caller.ip.clone(),
             caller_agent: agent_fingerprint(caller.user_agent.as_deref()),
+            dpop_jkt: presenter.dpop_jkt.map(str::to_owned),
+            proof,
         };
-        let Some(r) = self.store.rotate(&rotation).await? else {
-            return Ok(None);
+        let r = match self.store.rotate(&rotation).await? {
+            Rotate::Rotated(r) => r,
+            Rotate::Refused => return Ok(None),
+            Rotate::ProofReplayed => {
+                return Ok(Some(Err(AuthError::InvalidDpopProof(ProofError::Replayed))));
+            }
         };
         self.metrics.refresh(RefreshOutcome::ok);
         let scope = presenter.scope.map_or(r.scope, |s| s.join(" "));
-        Ok(Some(self.grant(
+        Ok(Some(Ok(self.grant(
             r.user_id,
             r.session_id,
             &r.client_id,
             &scope,
             r.roles,
             successor,
+            presenter.dpop_jkt,
             now,
-        )))
+        ))))
     }
 
     /// A retry inside the grace window: the same successor, unsealed with the parent,
@@ -194,7 +257,7 @@ impl Auth {
         &self,
         parent: &RefreshToken,
         state: &TokenState,
-        asked: Option<&[String]>,
+        presenter: &Presenter<'_>,
         caller: &Caller,
         now: i64,
     ) -> Result<Option<Grant>, AuthError> {
@@ -213,7 +276,9 @@ impl Auth {
         }
         self.metrics.refresh(RefreshOutcome::replayed_in_grace);
         let s = &state.session;
-        let scope = asked.map_or_else(|| s.scope.clone(), |a| a.join(" "));
+        let scope = presenter
+            .scope
+            .map_or_else(|| s.scope.clone(), |a| a.join(" "));
         Ok(Some(self.grant(
             s.user_id,
             s.id,
@@ -221,6 +286,7 @@ impl Auth {
             &scope,
             state.roles.clone(),
             successor,
+            presenter.dpop_jkt,
             now,
         )))
     }

@@ -18,6 +18,11 @@ pub enum Rejection {
     ClientAuthRequired,
     /// A refresh asked for a scope the session was not granted.
     ScopeWidened,
+    /// The session is bound to a DPoP key (or its client requires DPoP) and the
+    /// request had no proof.
+    DpopProofRequired,
+    /// The session is bound to another DPoP key than the proof's.
+    DpopKeyMismatch,
 }
 
 impl Rejection {
@@ -33,6 +38,10 @@ impl Rejection {
             }
             Rejection::ClientAuthRequired => "the refresh token's client must authenticate",
             Rejection::ScopeWidened => "a refresh may narrow the scope, never widen it",
+            Rejection::DpopProofRequired => {
+                "the refresh token is bound to a DPoP key: a DPoP proof by that key is required"
+            }
+            Rejection::DpopKeyMismatch => "the refresh token is bound to another DPoP key",
         }
     }
 }
@@ -87,14 +96,18 @@ pub struct Presenter<'a> {
     pub authenticated: bool,
     /// A narrower scope asked for; `None`: the session's whole grant.
     pub scope: Option<&'a [String]>,
+    /// The thumbprint of the request's DPoP proof key, if it had a proof.
+    pub dpop_jkt: Option<&'a str>,
 }
 
 /// May this caller use this token at all? Checked before [`judge`], so a caller that
 /// may not use a token triggers neither a grace replay nor reuse detection (an old
-/// copy of a confidential client's token is worthless without the client's secret).
+/// copy of a confidential client's token is worthless without the client's secret, a
+/// DPoP-bound one without the key).
 pub fn check_presenter(
     state: &TokenState,
     client_confidential: bool,
+    client_requires_dpop: bool,
     presenter: &Presenter<'_>,
 ) -> Result<(), Rejection> {
     let owner = state.session.client_id.as_str();
@@ -108,6 +121,12 @@ pub fn check_presenter(
     }
     if presenter.client_id.is_some() && !named_owner {
         return Err(Rejection::WrongClient);
+    }
+    match (state.session.dpop_jkt.as_deref(), presenter.dpop_jkt) {
+        (Some(_), None) => return Err(Rejection::DpopProofRequired),
+        (Some(bound), Some(key)) if bound != key => return Err(Rejection::DpopKeyMismatch),
+        (None, None) if client_requires_dpop => return Err(Rejection::DpopProofRequired),
+        _ => {}
     }
     let granted: Vec<&str> = state.session.scope.split(' ').collect();
     if presenter
@@ -181,6 +200,7 @@ mod tests {
                 revoked_at: None,
                 user_agent: None,
                 ip: None,
+                dpop_jkt: None,
             },
             roles: vec![],
             user_disabled: false,
@@ -305,6 +325,7 @@ mod tests {
             client_id,
             authenticated,
             scope: None,
+            dpop_jkt: None,
         }
     }
 
@@ -314,17 +335,17 @@ mod tests {
         state.session.client_id = "svc".into();
         for unauthenticated in [None, Some("svc"), Some("app")] {
             assert_eq!(
-                check_presenter(&state, true, &presenter(unauthenticated, false)),
+                check_presenter(&state, true, false, &presenter(unauthenticated, false)),
                 Err(Rejection::ClientAuthRequired),
                 "{unauthenticated:?}"
             );
         }
         assert_eq!(
-            check_presenter(&state, true, &presenter(Some("other"), true)),
+            check_presenter(&state, true, false, &presenter(Some("other"), true)),
             Err(Rejection::WrongClient)
         );
         assert_eq!(
-            check_presenter(&state, true, &presenter(Some("svc"), true)),
+            check_presenter(&state, true, false, &presenter(Some("svc"), true)),
             Ok(())
         );
     }
@@ -333,15 +354,15 @@ mod tests {
     fn a_public_clients_token_needs_no_secret_but_the_right_name() {
         let state = spent_token();
         assert_eq!(
-            check_presenter(&state, false, &presenter(None, false)),
+            check_presenter(&state, false, false, &presenter(None, false)),
             Ok(())
         );
         assert_eq!(
-            check_presenter(&state, false, &presenter(Some("app"), false)),
+            check_presenter(&state, false, false, &presenter(Some("app"), false)),
             Ok(())
         );
         assert_eq!(
-            check_presenter(&state, false, &presenter(Some("svc"), true)),
+            check_presenter(&state, false, false, &presenter(Some("svc"), true)),
             Err(Rejection::WrongClient)
         );
     }
@@ -354,6 +375,7 @@ mod tests {
             let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
             check_presenter(
                 state,
+                false,
                 false,
                 &Presenter {
                     scope: Some(&scope),
@@ -369,6 +391,39 @@ mod tests {
         );
         state.session.scope = String::new();
         assert_eq!(ask(&state, &["read"]), Err(Rejection::ScopeWidened));
+    }
+
+    #[test]
+    fn a_bound_session_rotates_only_with_a_proof_by_its_key() {
+        let mut state = spent_token();
+        state.session.dpop_jkt = Some("key-a".into());
+        let with = |jkt| Presenter {
+            dpop_jkt: jkt,
+            ..presenter(None, false)
+        };
+        assert_eq!(
+            check_presenter(&state, false, false, &with(None)),
+            Err(Rejection::DpopProofRequired)
+        );
+        assert_eq!(
+            check_presenter(&state, false, false, &with(Some("key-b"))),
+            Err(Rejection::DpopKeyMismatch)
+        );
+        assert_eq!(
+            check_presenter(&state, false, false, &with(Some("key-a"))),
+            Ok(())
+        );
+        // An unbound session: a proof is welcome, and needed only if the client says so.
+        state.session.dpop_jkt = None;
+        assert_eq!(check_presenter(&state, false, false, &with(None)), Ok(()));
+        assert_eq!(
+            check_presenter(&state, false, false, &with(Some("key-b"))),
+            Ok(())
+        );
+        assert_eq!(
+            check_presenter(&state, false, true, &with(None)),
+            Err(Rejection::DpopProofRequired)
+        );
     }
 
     #[test]

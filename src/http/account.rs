@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Bearer, ClientInfo, JsonBody, PathId, QueryParams, now};
+use super::extract::{Access, ClientInfo, JsonBody, PathId, QueryParams, now};
 use super::{ApiError, AppState, SessionView, rfc3339};
 use crate::auth::{AuthError, LogoutScope};
 
@@ -69,9 +69,9 @@ pub(crate) struct MeView {
     responses((status = 200, body = MeView), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn me(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
 ) -> Result<Json<MeView>, ApiError> {
-    let (claims, user) = state.auth.live_caller(&token, now()).await?;
+    let (claims, user) = state.auth.live_claims(access, now()).await?;
     Ok(Json(MeView {
         id: user.id,
         email: user.email,
@@ -89,10 +89,10 @@ pub(crate) struct SessionList {
     responses((status = 200, body = SessionList), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn sessions(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
 ) -> Result<Json<SessionList>, ApiError> {
     let t = now();
-    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    let (claims, _) = state.auth.live_claims(access, t).await?;
     let list = state
         .auth
         .store
@@ -112,12 +112,12 @@ pub(crate) async fn sessions(
     responses((status = 204, description = "Ended"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn end_session(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let t = now();
-    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    let (claims, _) = state.auth.live_claims(access, t).await?;
     state
         .auth
         .end_own_session(&claims, id, caller.ip, t)
@@ -153,7 +153,7 @@ pub(crate) enum LogoutScopeName {
     responses((status = 204, description = "Logged out; scope local or global also clears the refresh cookie (Set-Cookie with Max-Age=0)"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn logout(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     QueryParams(query): QueryParams<LogoutRequest>,
     body: Bytes,
@@ -178,7 +178,7 @@ pub(crate) async fn logout(
         None => from_query.unwrap_or(LogoutScope::Local),
     };
     let t = now();
-    let (claims, _) = state.auth.live_caller(&token, t).await?;
+    let (claims, _) = state.auth.live_claims(access, t).await?;
     state.auth.logout(&claims, scope, caller.ip, t).await?;
     // This browser's session ended too: its refresh cookie is dead, let it go. The
     // bearer token authenticates this call, so no CSRF proof is needed to clear it.

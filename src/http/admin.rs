@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::extract::{Bearer, ClientInfo, JsonBody, PathId, QueryParams, now};
+use super::extract::{Access, ClientInfo, JsonBody, PathId, QueryParams, now};
 use super::{ApiError, AppState, SessionView, rfc3339};
 use crate::auth::{AuthError, RevokeOutcome};
 use crate::store::{AuditRecord, User};
@@ -104,11 +104,11 @@ pub(crate) struct Role(String);
     responses((status = 201, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 409, description = "email_taken", body = crate::http::error::Body)))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<Response, ApiError> {
     let t = now();
-    let admin = state.auth.admin(&token, t).await?;
+    let admin = state.auth.admin_claims(access, t).await?;
     let user = state
         .auth
         .create_user(
@@ -154,10 +154,10 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     responses((status = 200, body = UserPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
 pub(crate) async fn list_users(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     QueryParams(q): QueryParams<ListUsers>,
 ) -> Result<Json<UserPage>, ApiError> {
-    state.auth.admin(&token, now()).await?;
+    state.auth.admin_claims(access, now()).await?;
     let limit = parse_limit(q.limit.as_deref())?;
     let after = query_uuid(q.cursor.as_deref(), "cursor")?;
     let email = q
@@ -191,11 +191,11 @@ pub(crate) struct SessionList {
     responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn user_sessions(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     PathId(id): PathId,
 ) -> Result<Json<SessionList>, ApiError> {
     let t = now();
-    state.auth.admin(&token, t).await?;
+    state.auth.admin_claims(access, t).await?;
     state.auth.existing_user(id).await?;
     let list = state
         .auth
@@ -217,12 +217,12 @@ pub(crate) async fn user_sessions(
     responses((status = 200, body = RevokedView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn revoke_user_sessions(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     PathId(id): PathId,
 ) -> Result<Json<RevokedView>, ApiError> {
     let t = now();
-    let admin = state.auth.admin(&token, t).await?;
+    let admin = state.auth.admin_claims(access, t).await?;
     let outcome = state
         .auth
         .admin_revoke_user_sessions(&admin, id, caller.ip, t)
@@ -235,12 +235,12 @@ pub(crate) async fn revoke_user_sessions(
     responses((status = 200, body = RevokedView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn revoke_session(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     PathId(id): PathId,
 ) -> Result<Json<RevokedView>, ApiError> {
     let t = now();
-    let admin = state.auth.admin(&token, t).await?;
+    let admin = state.auth.admin_claims(access, t).await?;
     let outcome = state
         .auth
         .admin_revoke_session(&admin, id, caller.ip, t)
@@ -250,13 +250,13 @@ pub(crate) async fn revoke_session(
 
 async fn set_disabled(
     state: AppState,
-    token: String,
+    access: crate::verify::Claims,
     ip: Option<String>,
     id: Uuid,
     disable: bool,
 ) -> Result<Json<AdminUserView>, ApiError> {
     let t = now();
-    let admin = state.auth.admin(&token, t).await?;
+    let admin = state.auth.admin_claims(access, t).await?;
     let user = state
         .auth
         .admin_set_disabled(&admin, id, disable, ip, t)
@@ -270,11 +270,11 @@ async fn set_disabled(
     responses((status = 200, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn disable(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     PathId(id): PathId,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    set_disabled(state, token, caller.ip, id, true).await
+    set_disabled(state, access, caller.ip, id, true).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
@@ -282,11 +282,11 @@ pub(crate) async fn disable(
     responses((status = 200, body = AdminUserView), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn enable(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     ClientInfo(caller): ClientInfo,
     PathId(id): PathId,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    set_disabled(state, token, caller.ip, id, false).await
+    set_disabled(state, access, caller.ip, id, false).await
 }
 
 #[derive(Deserialize)]
@@ -338,10 +338,10 @@ pub(crate) struct AuditPage {
     responses((status = 200, body = AuditPage), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
     QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    state.auth.admin(&token, now()).await?;
+    state.auth.admin_claims(access, now()).await?;
     let limit = parse_limit(q.limit.as_deref())?;
     let user_id = query_uuid(q.user_id.as_deref(), "user_id")?;
     let before = q
@@ -376,6 +376,8 @@ pub(crate) struct AdminClientView {
     confidential: bool,
     /// The scopes the client may be granted (the default client's come from config).
     scopes: Vec<String>,
+    /// Its token requests must carry a DPoP proof.
+    require_dpop: bool,
     created_at: String,
 }
 
@@ -390,15 +392,16 @@ pub(crate) struct ClientList {
     responses((status = 200, body = ClientList), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body)))]
 pub(crate) async fn list_clients(
     State(state): State<AppState>,
-    Bearer(token): Bearer,
+    Access(access): Access,
 ) -> Result<Json<ClientList>, ApiError> {
-    state.auth.admin(&token, now()).await?;
+    state.auth.admin_claims(access, now()).await?;
     let clients = state.auth.list_clients().await?;
     Ok(Json(ClientList {
         clients: clients
             .into_iter()
             .map(|c| AdminClientView {
                 confidential: c.secret_hash.is_some(),
+                require_dpop: c.require_dpop,
                 scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
                 created_at: rfc3339(c.created_at),
                 client_id: c.id,

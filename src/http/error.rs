@@ -8,12 +8,20 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 
+/// RFC 9449 §8: the header that carries a server's nonce.
+pub const DPOP_NONCE: &str = "dpop-nonce";
+const DPOP_ALGS: &str = "DPoP algs=\"ES256 EdDSA\"";
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     description: String,
     retry_after: Option<u32>,
+    /// A 401 of a resource route that takes DPoP: challenge with the DPoP scheme.
+    dpop_challenge: bool,
+    /// `DPoP-Nonce`: the nonce a client should put in its next proof.
+    dpop_nonce: Option<String>,
 }
 
 /// Every error: `{"error": code, "error_description": text}`.
@@ -31,6 +39,27 @@ impl ApiError {
             code,
             description: description.into(),
             retry_after: None,
+            dpop_challenge: false,
+            dpop_nonce: None,
+        }
+    }
+
+    /// A 401 from a route that takes DPoP-bound tokens: the challenge names the DPoP
+    /// scheme (with the Bearer one too when no token was sent), and `nonce` goes out as
+    /// `DPoP-Nonce`.
+    pub fn dpop_challenge(self, nonce: Option<String>) -> Self {
+        Self {
+            dpop_challenge: true,
+            dpop_nonce: nonce.or(self.dpop_nonce),
+            ..self
+        }
+    }
+
+    /// Sends `DPoP-Nonce` with the error (the token endpoint does when nonces are on).
+    pub fn with_dpop_nonce(self, nonce: Option<String>) -> Self {
+        Self {
+            dpop_nonce: nonce.or(self.dpop_nonce),
+            ..self
         }
     }
 
@@ -79,6 +108,8 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidPassword(_) => Self::new(S::BAD_REQUEST, "invalid_password", text),
             AuthError::EmailTaken => Self::new(S::CONFLICT, "email_taken", text),
             AuthError::SignupDisabled => Self::new(S::FORBIDDEN, "signup_disabled", text),
+            AuthError::InvalidDpopProof(p) => Self::new(S::BAD_REQUEST, p.code(), text),
+            AuthError::DpopRequired(_) => Self::new(S::BAD_REQUEST, "invalid_dpop_proof", text),
             AuthError::InvalidToken(_) | AuthError::SessionEnded => {
                 Self::new(S::UNAUTHORIZED, "invalid_token", text)
             }
@@ -110,7 +141,33 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.status == StatusCode::UNAUTHORIZED {
+        if let Some(nonce) = self
+            .dpop_nonce
+            .as_deref()
+            .and_then(|n| HeaderValue::from_str(n).ok())
+        {
+            headers.insert(DPOP_NONCE, nonce);
+        }
+        if self.status == StatusCode::UNAUTHORIZED && self.dpop_challenge {
+            // RFC 9449 §7.1: the DPoP scheme, with the algorithms we take; when no token
+            // was sent, the Bearer scheme too.
+            let challenge = if self.code == "unauthorized" {
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tessera\""),
+                );
+                DPOP_ALGS.to_owned()
+            } else {
+                format!(
+                    "{DPOP_ALGS}, error=\"{}\", error_description=\"{}\"",
+                    self.code,
+                    self.description.replace('"', "'")
+                )
+            };
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                headers.append(header::WWW_AUTHENTICATE, v);
+            }
+        } else if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750 §3: an error code only when a token was presented.
             let challenge = match self.code {
                 "invalid_client" => "Basic realm=\"tessera\"".to_owned(),

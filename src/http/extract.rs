@@ -109,38 +109,99 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OAuthParams<T> {
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
-pub struct Bearer(pub String);
+/// The verified claims of the request's access token: a bearer token, or a
+/// DPoP-bound one with `Authorization: DPoP` and a proof by its key for this method and
+/// URL (`<issuer><path>`), with `ath`, not seen before on any instance, and with a
+/// nonce when the server asks for them (RFC 9449 §7). Whether the session is still
+/// live is the handler's to ask.
+pub struct Access(pub crate::verify::Claims);
 
-impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+impl FromRequestParts<super::AppState> for Access {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &super::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        use crate::verify::dpop::{self, Scheme, UseError};
         let missing = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "a bearer token is required",
+                "an access token is required",
             )
+            .dpop_challenge(None)
         };
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
             .ok_or_else(missing)?;
-        let value = value.to_str().map_err(|_| missing())?;
-        let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(missing());
-        }
-        let token = token.trim();
-        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
-            return Err(ApiError::new(
+        let (scheme, token) = dpop::authorization(value).ok_or_else(missing)?;
+        let as_dpop = |e: ApiError| {
+            if scheme == Scheme::DPoP {
+                e.dpop_challenge(None)
+            } else {
+                e
+            }
+        };
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(as_dpop(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "malformed bearer token",
-            ));
+                "malformed access token",
+            )));
         }
-        Ok(Self(token.to_owned()))
+        let claims = state
+            .auth
+            .verify_access(token)
+            .map_err(|e| as_dpop(e.into()))?;
+        let at = now();
+        let refuse = |e: dpop::ProofError| {
+            let nonce = match e {
+                dpop::ProofError::UseNonce => state.auth.dpop_nonce(at),
+                _ => None,
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).dpop_challenge(nonce)
+        };
+        let proof = dpop::proof_header(&parts.headers).map_err(refuse)?;
+        let url = format!("{}{}", state.issuer.trim_end_matches('/'), parts.uri.path());
+        let expect = dpop::Expect {
+            method: parts.method.as_str(),
+            url: &url,
+            also_url: None,
+            access_token: Some(token),
+            now: at,
+        };
+        let cnf = claims.cnf.as_ref().map(|c| c.jkt.as_str());
+        let proof = match dpop::check_use(cnf, scheme, token, proof, &expect) {
+            Ok(proof) => proof,
+            Err(UseError::Proof(e)) => return Err(refuse(e)),
+            Err(e @ (UseError::BoundAsBearer | UseError::NotBound)) => {
+                let error = match e {
+                    UseError::BoundAsBearer => crate::verify::VerifyError::DpopBoundAsBearer,
+                    _ => crate::verify::VerifyError::NotDpopBound,
+                };
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    error.to_string(),
+                )
+                .dpop_challenge(None));
+            }
+        };
+        if let Some(proof) = proof {
+            let checked = match state.auth.check_dpop_nonce(&proof, at) {
+                Ok(()) => state.auth.claim_dpop_proof(&proof).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => {}
+                Err(crate::auth::AuthError::InvalidDpopProof(e)) => return Err(refuse(e)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Self(claims))
     }
 }
 

@@ -114,6 +114,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         header::AUTHORIZATION,
         header::COOKIE,
         header::PROXY_AUTHORIZATION,
+        header::HeaderName::from_static("dpop"),
     ]))
     .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
     .with_state(state)
@@ -151,11 +152,14 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static(browser::CSRF_HEADER),
+            header::HeaderName::from_static("dpop"),
         ])
         .allow_credentials(true)
         .expose_headers([
             header::HeaderName::from_static("x-request-id"),
             header::RETRY_AFTER,
+            header::HeaderName::from_static(error::DPOP_NONCE),
+            header::WWW_AUTHENTICATE,
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

@@ -139,6 +139,52 @@ pub(crate) async fn token(
     headers: HeaderMap,
     OAuthParams(req): OAuthParams<TokenRequest>,
 ) -> Result<Response, ApiError> {
+    // With nonces on, every answer carries a fresh one (RFC 9449 §8.2).
+    let at = now();
+    let nonce = state.auth.dpop_nonce(at);
+    match grant(&state, caller, basic, &headers, req, at).await {
+        Ok(mut response) => {
+            if let Some(v) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                response.headers_mut().insert(super::error::DPOP_NONCE, v);
+            }
+            Ok(response)
+        }
+        Err(e) => Err(e.with_dpop_nonce(nonce)),
+    }
+}
+
+/// The request's DPoP proof for the token endpoint, checked but for replay (claimed
+/// with the grant): `htm` POST, `htu` the issuer's token endpoint.
+fn token_proof(
+    state: &AppState,
+    headers: &HeaderMap,
+    at: i64,
+) -> Result<Option<crate::auth::dpop::Proof>, AuthError> {
+    use crate::verify::dpop;
+    let Some(raw) = dpop::proof_header(headers).map_err(AuthError::InvalidDpopProof)? else {
+        return Ok(None);
+    };
+    let url = format!("{}/oauth/token", state.issuer.trim_end_matches('/'));
+    let expect = dpop::Expect {
+        method: "POST",
+        url: &url,
+        also_url: None,
+        access_token: None,
+        now: at,
+    };
+    let proof = dpop::check(raw, &expect).map_err(AuthError::InvalidDpopProof)?;
+    state.auth.check_dpop_nonce(&proof, at)?;
+    Ok(Some(proof))
+}
+
+async fn grant(
+    state: &AppState,
+    caller: crate::auth::Caller,
+    basic: Option<(String, String)>,
+    headers: &HeaderMap,
+    req: TokenRequest,
+    at: i64,
+) -> Result<Response, ApiError> {
     let mut cookie = match req.token_delivery.as_deref() {
         None | Some("" | "body") => false,
         Some("cookie") => true,
@@ -151,17 +197,18 @@ pub(crate) async fn token(
     };
     // A refresh grant without the parameter spends the cookie; the answer is a cookie.
     let from_cookie = match (req.grant_type.as_deref(), &req.refresh_token) {
-        (Some("refresh_token"), None) => state.browser.read(&headers),
+        (Some("refresh_token"), None) => state.browser.read(headers),
         _ => None,
     };
     cookie |= from_cookie.is_some();
     // Checked before anything is spent or issued. Cookie delivery on a login needs it
     // too: else a cross-site form could plant the attacker's session in the browser.
     if cookie {
-        state.browser.check_csrf(&headers)?;
+        state.browser.check_csrf(headers)?;
     }
+    let proof = token_proof(state, headers, at)?;
     let client = request_client(
-        &state,
+        state,
         basic,
         req.client_id.as_deref(),
         req.client_secret.as_deref(),
@@ -178,8 +225,9 @@ pub(crate) async fn token(
                     password.into(),
                     &client,
                     req.scope.as_deref(),
+                    proof.as_ref(),
                     &caller,
-                    now(),
+                    at,
                 )
                 .await?
         }
@@ -190,7 +238,14 @@ pub(crate) async fn token(
             };
             state
                 .auth
-                .refresh_with_scope(token, &client, req.scope.as_deref(), &caller, now())
+                .refresh_with_scope(
+                    token,
+                    &client,
+                    req.scope.as_deref(),
+                    proof.as_ref(),
+                    &caller,
+                    at,
+                )
                 .await?
         }
         _ => {
@@ -220,7 +275,7 @@ pub(crate) async fn token(
 fn token_response(grant: &Grant, set_cookie: Option<HeaderValue>) -> Response {
     let body = TokenResponse {
         access_token: &grant.access_token,
-        token_type: "Bearer",
+        token_type: grant.token_type,
         expires_in: grant.expires_in,
         refresh_token: match set_cookie {
             Some(_) => None,

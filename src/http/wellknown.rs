@@ -47,5 +47,6 @@ pub(crate) async fn metadata(State(state): State<AppState>) -> impl IntoResponse
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "id_token_signing_alg_values_supported": [],
         "access_token_signing_alg_values_supported": [state.auth.key_policy.alg],
+        "dpop_signing_alg_values_supported": crate::verify::dpop::ALGORITHMS,
     }))
 }

@@ -10,6 +10,7 @@ where
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
     for<'a> &'a str: ColumnIndex<R>,
 {
     Ok(Client {
@@ -17,6 +18,7 @@ where
         name: row.try_get("name")?,
         secret_hash: row.try_get("secret_hash")?,
         scopes: row.try_get("scopes")?,
+        require_dpop: row.try_get("require_dpop")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -29,10 +31,11 @@ where
     for<'t> String: Encode<'t, DB> + Decode<'t, DB> + Type<DB>,
     for<'r> Option<String>: Decode<'r, DB> + Type<DB>,
     for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     let row = sqlx::query::<DB>(
-        "SELECT id, name, secret_hash, scopes, created_at FROM clients WHERE id = $1",
+        "SELECT id, name, secret_hash, scopes, require_dpop, created_at FROM clients WHERE id = $1",
     )
     .bind(id.to_owned())
     .fetch_optional(ex)
@@ -49,10 +52,11 @@ where
     for<'r> String: Decode<'r, DB> + Type<DB>,
     for<'r> Option<String>: Decode<'r, DB> + Type<DB>,
     for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: ColumnIndex<DB::Row>,
 {
     let rows = sqlx::query::<DB>(
-        "SELECT id, name, secret_hash, scopes, created_at FROM clients ORDER BY created_at, id",
+        "SELECT id, name, secret_hash, scopes, require_dpop, created_at FROM clients ORDER BY created_at, id",
     )
     .fetch_all(ex)
     .await?;
@@ -67,14 +71,17 @@ where
     for<'t> String: Encode<'t, DB> + Type<DB>,
     for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
 {
     sqlx::query::<DB>(
-        "INSERT INTO clients (id, name, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO clients (id, name, secret_hash, scopes, require_dpop, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(c.id.clone())
     .bind(c.name.clone())
     .bind(c.secret_hash.clone())
     .bind(c.scopes.clone())
+    .bind(c.require_dpop)
     .bind(c.created_at)
     .execute(ex)
     .await?;

@@ -116,6 +116,8 @@ pub struct Client {
     /// The scopes the client may be granted, space-separated (ignored for the default
     /// client, whose list comes from config).
     pub scopes: String,
+    /// Whether token requests must carry a DPoP proof (RFC 9449).
+    pub require_dpop: bool,
     pub created_at: i64,
 }
 
@@ -131,6 +133,8 @@ pub struct Session {
     pub revoked_at: Option<i64>,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// The thumbprint of the DPoP key the session's refresh tokens are bound to.
+    pub dpop_jkt: Option<String>,
 }
 
 /// A security event, written in the same transaction as the change it records.
@@ -170,6 +174,30 @@ pub struct Rotation {
     /// Who rotated: kept on the parent, so a grace replay from elsewhere is told apart.
     pub caller_ip: Option<String>,
     pub caller_agent: Option<i64>,
+    /// The thumbprint of the key of the request's DPoP proof, if it had one: a session
+    /// bound to a key rotates only with it, and a client that requires DPoP only with
+    /// some proof.
+    pub dpop_jkt: Option<String>,
+    /// The proof to remember against replay, claimed by the same statement: nothing
+    /// is spent when it was seen before.
+    pub proof: Option<ProofClaim>,
+}
+
+/// A DPoP proof to remember against replay until `expires_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofClaim {
+    pub key: [u8; 32],
+    pub expires_at: i64,
+}
+
+/// What the rotation statement did.
+#[derive(Debug, Clone)]
+pub enum Rotate {
+    Rotated(Rotated),
+    /// Nothing spent; the rules must judge why.
+    Refused,
+    /// The request's DPoP proof was seen before: nothing spent.
+    ProofReplayed,
 }
 
 /// What a successful rotation returns: enough to mint the access token.
@@ -238,17 +266,20 @@ pub enum Prunable {
     Revocations,
     /// Audit events older than the cutoff.
     AuditEvents,
+    /// DPoP proofs remembered against replay whose `iat` is now too old anyway.
+    DpopProofs,
 }
 
 impl Prunable {
     /// In this order: a session's tokens go before the session, so no delete cascades
     /// over more than a batch.
-    pub const ALL: [Prunable; 5] = [
+    pub const ALL: [Prunable; 6] = [
         Prunable::EndedSessionTokens,
         Prunable::Sessions,
         Prunable::ExpiredTokens,
         Prunable::Revocations,
         Prunable::AuditEvents,
+        Prunable::DpopProofs,
     ];
 
     pub fn table(self) -> &'static str {
@@ -257,6 +288,7 @@ impl Prunable {
             Prunable::Sessions => "sessions",
             Prunable::Revocations => "revocations",
             Prunable::AuditEvents => "audit_events",
+            Prunable::DpopProofs => "dpop_proofs",
         }
     }
 
@@ -287,6 +319,10 @@ impl Prunable {
             Prunable::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN \
                  (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)"
+            }
+            Prunable::DpopProofs => {
+                "DELETE FROM dpop_proofs WHERE key IN \
+                 (SELECT key FROM dpop_proofs WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)"
             }
         }
     }
@@ -356,11 +392,15 @@ pub trait Store: Send + Sync + 'static {
         token_expires_at: i64,
         event: &'a AuditEvent,
     ) -> StoreFuture<'a, bool>;
-    /// Spends `parent` and issues the successor in one statement: `None` when the parent is
-    /// not spendable (unknown, spent, expired, revoked session, disabled user, another
-    /// client's, a confidential client's without its authentication, a scope outside the
-    /// session's).
-    fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Option<Rotated>>;
+    /// Spends `parent` and issues the successor in one statement: `Refused` when the
+    /// parent is not spendable (unknown, spent, expired, revoked session, disabled user,
+    /// another client's, a confidential client's without its authentication, a scope
+    /// outside the session's, a session bound to another DPoP key, a client requiring
+    /// DPoP and no proof); `ProofReplayed` when the request's proof was seen before.
+    fn rotate<'a>(&'a self, rotation: &'a Rotation) -> StoreFuture<'a, Rotate>;
+    /// Remembers a DPoP proof until `claim.expires_at`: `false` if it was seen before
+    /// (of concurrent claims of one proof, exactly one wins).
+    fn claim_proof(&self, claim: ProofClaim) -> StoreFuture<'_, bool>;
     fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
     /// Counts one grace replay of the spent token `hash` and records `event`, both only
     /// if it has had fewer than `max_replays` and its successor is still unspent: of
@@ -552,6 +592,11 @@ macro_rules! migrations {
                     $backend,
                     "/0012_audit_events_at_idx.sql"
                 )),
+            ),
+            (
+                13,
+                "dpop",
+                include_str!(concat!("../../migrations/", $backend, "/0013_dpop.sql")),
             ),
         ]
     };

@@ -7,7 +7,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::sync::broadcast;
 
-use super::{KeyRotation, Revocation, Rotated, Rotation, StoreError, StoreFuture};
+use super::{KeyRotation, Revocation, Rotate, Rotated, Rotation, StoreError, StoreFuture};
 use crate::tokens::keys::StoredKey;
 
 type Db = sqlx::Postgres;
@@ -142,15 +142,24 @@ fn migrator() -> Migrator {
 
 /// Spend the parent only if it is unspent and unexpired, its session live and its user
 /// enabled, the caller is the session's client (authenticated, when that client is
-/// confidential: `$7`), and a narrower scope asked for (`$8`) lies inside the
-/// session's; insert the successor; touch the session. One statement, one round trip.
+/// confidential: `$7`), a narrower scope asked for (`$8`) lies inside the session's,
+/// and the DPoP rules hold (a session bound to a key rotates only with a proof by it,
+/// `$11`; a client requiring DPoP only with some proof); insert the successor; touch
+/// the session. The request's DPoP proof (`$12`, until `$13`) is remembered in the same
+/// statement, and nothing is spent if it was seen before. One statement, one round trip,
+/// and always one row: whether the proof was fresh, and the rotation if there was one.
 /// Concurrent callers queue on the parent's row lock; after the winner commits, the
 /// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
 /// read without a lock, so `touched` re-checks `revoked_at` under the session's row lock:
 /// a revocation that commits while this statement runs yields no row (no access token),
 /// never a token minted after the revocation took effect.
 const ROTATE: &str = "
-WITH spent AS (
+WITH proof AS (
+    INSERT INTO dpop_proofs (key, expires_at)
+    SELECT $12, $13 WHERE $12::bytea IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING key
+), spent AS (
     UPDATE refresh_tokens AS t
        SET spent_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint),
            successor_hash = $2, sealed_successor = $4, spent_ip = $9, spent_agent = $10
@@ -161,6 +170,10 @@ WITH spent AS (
        AND ($7::boolean OR NOT EXISTS (
             SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))
        AND ($8::text[] IS NULL OR $8::text[] <@ string_to_array(s.scope, ' '))
+       AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $11::text)
+       AND ($11::text IS NOT NULL OR NOT EXISTS (
+            SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.require_dpop))
+       AND ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof))
     RETURNING t.session_id, s.user_id, s.client_id, s.scope, s.expires_at AS session_expires_at, u.roles
 ), issued AS (
     INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at)
@@ -172,8 +185,11 @@ WITH spent AS (
      WHERE sessions.id = spent.session_id AND sessions.revoked_at IS NULL
     RETURNING sessions.id
 )
-SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
-  FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id";
+SELECT ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)) AS proof_fresh, r.*
+  FROM (SELECT 1) AS one LEFT JOIN (
+       SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
+         FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id
+  ) AS r ON true";
 
 /// A login's session, its first refresh token and the audit event: one statement, so
 /// one round trip (the foreign key is checked at the end of the statement). Nothing is
@@ -184,11 +200,11 @@ const CREATE_SESSION: &str = concat!(
     "WITH enabled AS (SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE), \
      session AS (INSERT INTO sessions (",
     super::shared::session_cols!(),
-    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM enabled RETURNING id), \
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM enabled RETURNING id), \
      token AS (INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-               SELECT $11, id, $5, $12 FROM session), \
+               SELECT $12, id, $5, $13 FROM session), \
      audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
-               SELECT $13, $14, $15, $16, $17, $18, $19 FROM session) \
+               SELECT $14, $15, $16, $17, $18, $19, $20 FROM session) \
      SELECT id FROM session"
 );
 
@@ -268,7 +284,7 @@ impl super::Store for PgStore {
         })
     }
 
-    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Option<Rotated>> {
+    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
             let row = sqlx::query(ROTATE)
                 .bind(&r.parent.0[..])
@@ -281,17 +297,39 @@ impl super::Store for PgStore {
                 .bind(&r.scope)
                 .bind(&r.caller_ip)
                 .bind(r.caller_agent)
-                .fetch_optional(&self.pool)
+                .bind(&r.dpop_jkt)
+                .bind(r.proof.as_ref().map(|p| &p.key[..]))
+                .bind(r.proof.map(|p| p.expires_at))
+                .fetch_one(&self.pool)
                 .await?;
-            let Some(row) = row else { return Ok(None) };
-            Ok(Some(Rotated {
-                session_id: row.try_get("session_id")?,
+            if !row.try_get::<bool, _>("proof_fresh")? {
+                return Ok(Rotate::ProofReplayed);
+            }
+            let Some(session_id) = row.try_get("session_id")? else {
+                return Ok(Rotate::Refused);
+            };
+            Ok(Rotate::Rotated(Rotated {
+                session_id,
                 user_id: row.try_get("user_id")?,
                 client_id: row.try_get("client_id")?,
                 scope: row.try_get("scope")?,
                 roles: super::roles_from(row.try_get("roles")?),
                 expires_at: row.try_get("expires_at")?,
             }))
+        })
+    }
+
+    fn claim_proof(&self, claim: super::ProofClaim) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let claimed = sqlx::query(
+                "INSERT INTO dpop_proofs (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&claim.key[..])
+            .bind(claim.expires_at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(claimed == 1)
         })
     }
 

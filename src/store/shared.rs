@@ -39,6 +39,7 @@ macro_rules! bind_session {
             .bind($s.revoked_at)
             .bind(&$s.user_agent)
             .bind(&$s.ip)
+            .bind(&$s.dpop_jkt)
     };
 }
 
@@ -59,7 +60,7 @@ macro_rules! bind_audit {
 
 macro_rules! session_cols {
     () => {
-        "id, user_id, client_id, scope, created_at, last_used_at, expires_at, revoked_at, user_agent, ip"
+        "id, user_id, client_id, scope, created_at, last_used_at, expires_at, revoked_at, user_agent, ip, dpop_jkt"
     };
 }
 
@@ -90,6 +91,7 @@ macro_rules! rows {
                 revoked_at: row.try_get("revoked_at")?,
                 user_agent: row.try_get("user_agent")?,
                 ip: row.try_get("ip")?,
+                dpop_jkt: row.try_get("dpop_jkt")?,
             })
         }
 
@@ -369,7 +371,7 @@ macro_rules! queries {
             Box::pin(async move {
                 let row = sqlx::query(
                     "SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, \
-                            s.expires_at, s.revoked_at, s.user_agent, s.ip, u.roles, u.disabled_at, \
+                            s.expires_at, s.revoked_at, s.user_agent, s.ip, s.dpop_jkt, u.roles, u.disabled_at, \
                             t.issued_at, t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
                             t.replays, t.spent_ip, t.spent_agent, \
                             c.spent_at AS successor_spent_at, c.expires_at AS successor_expires_at \

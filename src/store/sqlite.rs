@@ -10,7 +10,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::{KeyRotation, Revocation, Rotated, Rotation, StoreError, StoreFuture};
+use super::{KeyRotation, Revocation, Rotate, Rotated, Rotation, StoreError, StoreFuture};
 use crate::tokens::keys::StoredKey;
 use tokio::sync::broadcast;
 
@@ -189,9 +189,16 @@ impl super::Store for SqliteStore {
 
     /// SQLite has no data-modifying CTEs; the same rules run as one write transaction
     /// that begins with the conditional spend, so the write lock picks the winner. The
-    /// scope check (SQLite has no arrays) runs here, before commit.
-    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Option<Rotated>> {
+    /// scope check (SQLite has no arrays) runs here, before commit. The DPoP proof is
+    /// remembered first, in a statement of its own (it stays remembered whatever the
+    /// rotation then does, as on PostgreSQL).
+    fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
+            if let Some(claim) = r.proof
+                && !super::Store::claim_proof(self, claim).await?
+            {
+                return Ok(Rotate::ProofReplayed);
+            }
             let mut tx = self.pool.begin().await?;
             let spent = sqlx::query(
                 "UPDATE refresh_tokens SET spent_at = max($3, CAST(strftime('%s', 'now') AS INTEGER)), \
@@ -203,7 +210,10 @@ impl super::Store for SqliteStore {
                       AND s.expires_at > $3 AND u.disabled_at IS NULL \
                       AND ($5 IS NULL OR s.client_id = $5) \
                       AND ($6 OR NOT EXISTS (SELECT 1 FROM clients c \
-                            WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))) \
+                            WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL)) \
+                      AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $9) \
+                      AND ($9 IS NOT NULL OR NOT EXISTS (SELECT 1 FROM clients c \
+                            WHERE c.id = s.client_id AND c.require_dpop))) \
                  RETURNING session_id",
             )
             .bind(&r.parent.0[..])
@@ -214,9 +224,12 @@ impl super::Store for SqliteStore {
             .bind(r.authenticated)
             .bind(&r.caller_ip)
             .bind(r.caller_agent)
+            .bind(&r.dpop_jkt)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(spent) = spent else { return Ok(None) };
+            let Some(spent) = spent else {
+                return Ok(Rotate::Refused);
+            };
             let session_id: uuid::Uuid = spent.try_get("session_id")?;
             let session = sqlx::query(
                 "UPDATE sessions SET last_used_at = max($2, CAST(strftime('%s', 'now') AS INTEGER)) \
@@ -230,7 +243,7 @@ impl super::Store for SqliteStore {
             let scope: String = session.try_get("scope")?;
             if !super::scope_within(r.scope.as_deref(), &scope) {
                 // Dropping the transaction rolls the spend back.
-                return Ok(None);
+                return Ok(Rotate::Refused);
             }
             let session_expires_at: i64 = session.try_get("expires_at")?;
             let expires_at = (r.now + r.ttl_secs).min(session_expires_at);
@@ -244,7 +257,7 @@ impl super::Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(Rotated {
+            Ok(Rotate::Rotated(Rotated {
                 session_id,
                 user_id: session.try_get("user_id")?,
                 client_id: session.try_get("client_id")?,
@@ -252,6 +265,20 @@ impl super::Store for SqliteStore {
                 roles: super::roles_from(session.try_get("roles")?),
                 expires_at,
             }))
+        })
+    }
+
+    fn claim_proof(&self, claim: super::ProofClaim) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let claimed = sqlx::query(
+                "INSERT INTO dpop_proofs (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&claim.key[..])
+            .bind(claim.expires_at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(claimed == 1)
         })
     }
 
@@ -270,7 +297,7 @@ impl super::Store for SqliteStore {
                 sqlx::query(concat!(
                     "INSERT INTO sessions (",
                     super::shared::session_cols!(),
-                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS \
+                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
                      (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
                 )),
                 s

@@ -51,6 +51,7 @@ impl AccessTokens {
             sid: session_id,
             scope: scope.to_owned(),
             roles,
+            cnf: None,
         }
     }
 

@@ -64,6 +64,14 @@ impl SecretKey {
         STANDARD.encode(self.0)
     }
 
+    /// 32 bytes for one purpose, derived from the secret key (HKDF-SHA-256 with the
+    /// purpose as info), so other uses never see the key itself.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, &self.0).expand(purpose.as_bytes(), &mut out);
+        out
+    }
+
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(&self.0.into())
     }

@@ -25,6 +25,17 @@ pub struct Claims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// DPoP (RFC 9449 §6.1): the thumbprint of the key the token is bound to. A bound
+    /// token is accepted only with `Authorization: DPoP` and a proof by that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim (RFC 7800) of a DPoP-bound token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 7638 SHA-256 thumbprint of the public key, base64url.
+    pub jkt: String,
 }
 
 impl Claims {
@@ -56,6 +67,12 @@ pub enum VerifyError {
     Revoked,
     #[error("the signing keys could not be fetched")]
     KeysUnavailable,
+    #[error("the access token is bound to a DPoP key: send it as Authorization: DPoP with a proof")]
+    DpopBoundAsBearer,
+    #[error("the access token is not DPoP-bound: send it as Authorization: Bearer")]
+    NotDpopBound,
+    #[error("{0}")]
+    Dpop(super::dpop::ProofError),
 }
 
 /// A public (or, for HS256, shared) key, parsed once, with the one algorithm it verifies.

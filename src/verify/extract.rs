@@ -1,33 +1,60 @@
-//! The axum extractor: `async fn handler(user: Authenticated)`.
+//! The axum extractor: `async fn handler(user: Authenticated)`. Accepts bearer tokens
+//! and DPoP-bound tokens with their proofs (RFC 9449 §7).
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::dpop::{self, Scheme};
 use super::{Claims, Verifier, VerifyError};
 
-/// The verified claims of the request's bearer token.
+/// The verified claims of the request's access token.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Claims);
 
-/// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3).
+/// 401 with a `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1): `DPoP` with
+/// `error="invalid_dpop_proof"` or `"invalid_token"` when the DPoP rules refused the
+/// request, `Bearer` otherwise, and both when no token was sent.
 #[derive(Debug)]
-pub struct Rejection(Option<VerifyError>);
+pub struct Rejection {
+    error: Option<VerifyError>,
+    scheme: Option<Scheme>,
+}
+
+const DPOP_ALGS: &str = "DPoP algs=\"ES256 EdDSA\"";
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        let (challenge, description) = match self.0 {
-            None => ("Bearer".to_owned(), "a bearer token is required".to_owned()),
-            Some(e) => (
-                format!("Bearer error=\"invalid_token\", error_description=\"{e}\""),
-                e.to_string(),
-            ),
-        };
-        let code = if self.0.is_some() {
-            "invalid_token"
-        } else {
-            "unauthorized"
+        let mut challenges = Vec::new();
+        let (code, description) = match self.error {
+            None => {
+                challenges.push("Bearer".to_owned());
+                challenges.push(DPOP_ALGS.to_owned());
+                ("unauthorized", "an access token is required".to_owned())
+            }
+            Some(e) => {
+                let code = match e {
+                    VerifyError::Dpop(p) => p.code(),
+                    _ => "invalid_token",
+                };
+                let dpop_rule = matches!(
+                    e,
+                    VerifyError::Dpop(_)
+                        | VerifyError::DpopBoundAsBearer
+                        | VerifyError::NotDpopBound
+                );
+                let scheme = if dpop_rule || self.scheme == Some(Scheme::DPoP) {
+                    DPOP_ALGS
+                } else {
+                    "Bearer"
+                };
+                let sep = if scheme == "Bearer" { " " } else { ", " };
+                challenges.push(format!(
+                    "{scheme}{sep}error=\"{code}\", error_description=\"{e}\""
+                ));
+                (code, e.to_string())
+            }
         };
         let body = serde_json::json!({"error": code, "error_description": description}).to_string();
         let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
@@ -36,8 +63,10 @@ impl IntoResponse for Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            headers.insert(header::WWW_AUTHENTICATE, v);
+        for c in challenges {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                headers.append(header::WWW_AUTHENTICATE, v);
+            }
         }
         response
     }
@@ -52,19 +81,47 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let verifier = Verifier::from_ref(state);
+        let missing = || Rejection {
+            error: None,
+            scheme: None,
+        };
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or(Rejection(None))?;
-        let (scheme, token) = value.split_once(' ').ok_or(Rejection(None))?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Rejection(None));
-        }
+            .ok_or_else(missing)?;
+        let (scheme, _) = dpop::authorization(value).ok_or_else(missing)?;
+        let refuse = |e| Rejection {
+            error: Some(e),
+            scheme: Some(scheme),
+        };
+        let proof = dpop::proof_header(&parts.headers).map_err(|e| refuse(VerifyError::Dpop(e)))?;
+        let path = parts.uri.path();
+        let (url, also_url) = match &verifier.config().resource_url {
+            Some(base) => (format!("{}{path}", base.trim_end_matches('/')), None),
+            None => {
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                    .unwrap_or_default();
+                (
+                    format!("https://{host}{path}"),
+                    Some(format!("http://{host}{path}")),
+                )
+            }
+        };
         verifier
-            .verify(token.trim())
+            .verify_request(
+                value,
+                proof,
+                parts.method.as_str(),
+                &url,
+                also_url.as_deref(),
+            )
             .await
             .map(Authenticated)
-            .map_err(|e| Rejection(Some(e)))
+            .map_err(refuse)
     }
 }

@@ -14,6 +14,7 @@
 //! ```
 
 mod claims;
+pub mod dpop;
 mod extract;
 mod jwks;
 mod revocations;
@@ -22,7 +23,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-pub use claims::{ALGORITHMS, Claims, Key, MAX_TOKEN_BYTES, Rules, VerifyError, hs256_kid};
+pub use claims::{
+    ALGORITHMS, Claims, Confirmation, Key, MAX_TOKEN_BYTES, Rules, VerifyError, hs256_kid,
+};
 pub use extract::Authenticated;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use uuid::Uuid;
@@ -44,6 +47,10 @@ pub struct VerifierConfig {
     pub hs256_secret: Option<Vec<u8>>,
     /// The HTTP client; bring one with TLS enabled to reach an `https` issuer.
     pub http: reqwest::Client,
+    /// This service's public base URL (`https://api.example.com`): DPoP proofs must
+    /// name it plus the request's path in `htu`. `None`: the request's `Host` header,
+    /// with `http` or `https`.
+    pub resource_url: Option<String>,
 }
 
 impl VerifierConfig {
@@ -57,6 +64,7 @@ impl VerifierConfig {
             min_refetch_interval: Duration::from_secs(10),
             hs256_secret: None,
             http: reqwest::Client::new(),
+            resource_url: None,
         }
     }
 }
@@ -83,6 +91,8 @@ pub(crate) struct Inner {
     revoked: RwLock<HashMap<Uuid, i64>>,
     /// Counts revocations applied, for callers that want to wait on them.
     applied: tokio::sync::watch::Sender<u64>,
+    /// DPoP proofs seen, against replay (this process only).
+    proofs: dpop::ReplayCache,
 }
 
 /// Verifies access tokens against the issuer's published keys. Cheap to clone.
@@ -139,6 +149,7 @@ impl Verifier {
                 fetching: tokio::sync::Mutex::new(()),
                 revoked: RwLock::new(HashMap::new()),
                 applied: tokio::sync::watch::Sender::new(0),
+                proofs: dpop::ReplayCache::default(),
                 config,
             }),
         }
@@ -173,6 +184,45 @@ impl Verifier {
                 self.verify_cached(token)
             }
             other => other,
+        }
+    }
+
+    /// Verifies an access token as a request presents it: `authorization` is the
+    /// `Authorization` header (`Bearer` or `DPoP` scheme), `proof` the `DPoP` header.
+    /// A DPoP-bound token needs the DPoP scheme and a proof by its key for this
+    /// `method` and `url` (with `ath`), not seen before by this verifier; an unbound
+    /// token the Bearer scheme.
+    pub async fn verify_request(
+        &self,
+        authorization: &str,
+        proof: Option<&str>,
+        method: &str,
+        url: &str,
+        also_url: Option<&str>,
+    ) -> Result<Claims, VerifyError> {
+        let (scheme, token) = dpop::authorization(authorization).ok_or(VerifyError::Malformed)?;
+        let claims = self.verify(token).await?;
+        let now = now_unix();
+        let expect = dpop::Expect {
+            method,
+            url,
+            also_url,
+            access_token: Some(token),
+            now,
+        };
+        let cnf = claims.cnf.as_ref().map(|c| c.jkt.as_str());
+        match dpop::check_use(cnf, scheme, token, proof, &expect) {
+            Ok(None) => Ok(claims),
+            Ok(Some(proof)) => {
+                self.inner
+                    .proofs
+                    .claim(&proof, now)
+                    .map_err(VerifyError::Dpop)?;
+                Ok(claims)
+            }
+            Err(dpop::UseError::BoundAsBearer) => Err(VerifyError::DpopBoundAsBearer),
+            Err(dpop::UseError::NotBound) => Err(VerifyError::NotDpopBound),
+            Err(dpop::UseError::Proof(e)) => Err(VerifyError::Dpop(e)),
         }
     }
 

@@ -256,6 +256,7 @@ async fn scopes_come_from_the_clients_allow_list_and_refresh_only_narrows(backen
             "billing",
             true,
             "billing:read  introspect",
+            false,
             tessera::http::extract::now(),
         )
         .await

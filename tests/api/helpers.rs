@@ -327,6 +327,7 @@ impl TestApp {
             revoked_at: None,
             user_agent: None,
             ip: None,
+            dpop_jkt: None,
         }
     }
 

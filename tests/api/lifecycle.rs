@@ -66,6 +66,7 @@ async fn a_simulated_month_of_weekly_sessions_leaves_bounded_rows(backend: Backe
                     PASSWORD.into(),
                     &RequestClient::Default,
                     None,
+                    None,
                     &caller,
                     t,
                 )

@@ -10,6 +10,7 @@ mod admin;
 mod browser;
 mod cli;
 mod clients;
+mod dpop;
 mod enumeration;
 mod exposure;
 mod faults;

@@ -107,6 +107,7 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
                 PASSWORD.into(),
                 &client,
                 None,
+                None,
                 &caller,
                 later
             )

@@ -150,6 +150,7 @@ async fn guess(app: &TestApp, actor: &mut Actor) -> bool {
             "wrong password".into(),
             &RequestClient::Default,
             None,
+            None,
             &actor.caller,
             actor.at,
         )
@@ -172,6 +173,7 @@ async fn owner_login(app: &TestApp, owner: &Caller, at: i64) -> Result<(), AuthE
             OWNER,
             PASSWORD.into(),
             &RequestClient::Default,
+            None,
             None,
             owner,
             at,

@@ -14,8 +14,11 @@
 //! TESSERA_BENCH_SECS, default 8; TESSERA_BENCH_CONCURRENCY, default "16,32";
 //! TESSERA_BENCH_POOL, the database pool of the server and of the sqlx limit, default
 //! the highest concurrency; TESSERA_BENCH_SCENARIOS, default
-//! "refresh,login,flood,signup_flood,services,verify"). Other TESSERA_* variables reach
-//! the server.
+//! "refresh,dpop,login,flood,signup_flood,services,verify"). Other TESSERA_* variables
+//! reach the server.
+//!
+//! `dpop`: refresh chains bound to DPoP keys beside bearer ones in the same run, the
+//! ratio checked against the DPoP issue's target (>= 0.8x).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -172,6 +175,80 @@ async fn http_refresh_chains(client: &reqwest::Client, base: &str, c: usize, sec
             body["refresh_token"].as_str().unwrap().to_owned(),
         )
     })
+    .await
+}
+
+/// Refresh chains bound to DPoP keys (ES256, one per chain, as the browser client's):
+/// every refresh carries a fresh proof. `presigned`: each chain's proofs are signed
+/// before the clock starts (this many per chain), so the run measures the server, whose
+/// CPU a real client's signing does not share; else each proof is signed in the loop,
+/// on this machine's same two cores.
+async fn dpop_refresh_chains(
+    client: &reqwest::Client,
+    base: &str,
+    c: usize,
+    secs: u64,
+    presigned: usize,
+) -> Run {
+    let url = format!("{base}/oauth/token");
+    let mut states = Vec::new();
+    for _ in 0..c {
+        let signer = Arc::new(common::DpopSigner::new("ES256"));
+        let email = format!("{}@bench.test", Uuid::new_v4().simple());
+        let password = "benchmark password";
+        client
+            .post(format!("{base}/v1/signup"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let t: serde_json::Value = client
+            .post(&url)
+            .header("DPoP", signer.proof("POST", &url, None))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", &email),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(t["token_type"], "DPoP", "{t}");
+        let token = t["refresh_token"].as_str().unwrap().to_owned();
+        states.push((client.clone(), url.clone(), token, signer, Vec::new()));
+    }
+    for (_, url, _, signer, proofs) in &mut states {
+        *proofs = (0..presigned)
+            .map(|_| signer.proof("POST", url, None))
+            .collect::<Vec<String>>();
+    }
+    drive(
+        states,
+        secs,
+        |(client, url, token, signer, mut proofs)| async move {
+            let proof = proofs
+                .pop()
+                .unwrap_or_else(|| signer.proof("POST", &url, None));
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.as_str()),
+            ];
+            let response = client
+                .post(&url)
+                .header("DPoP", proof)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "DPoP refresh failed");
+            let body: serde_json::Value = response.json().await.unwrap();
+            let next = body["refresh_token"].as_str().unwrap().to_owned();
+            (client, url, next, signer, proofs)
+        },
+    )
     .await
 }
 
@@ -395,7 +472,7 @@ async fn main() {
         .unwrap();
     let scenarios = env(
         "TESSERA_BENCH_SCENARIOS",
-        "refresh,login,flood,signup_flood,services,verify",
+        "refresh,dpop,login,flood,signup_flood,services,verify",
     );
     let on = |name: &str| scenarios.split(',').any(|s| s.trim() == name);
 
@@ -502,6 +579,39 @@ async fn main() {
                 http.pct(0.99) <= 15.0,
             );
         }
+    }
+
+    for &c in levels.iter().filter(|_| on("dpop")) {
+        // Bearer refresh chains half before and half after the DPoP ones, so drift on a
+        // shared machine lands on both sides of the ratio.
+        let half = secs.div_ceil(2);
+        let mut bearer = http_refresh_chains(&client, &base, c, half).await;
+        // Enough proofs for each chain to outrun the bearer rate by half again.
+        let per_chain = (bearer.rate() * secs as f64 / c as f64 * 1.5) as usize + 64;
+        let mut dpop = dpop_refresh_chains(&client, &base, c, secs, per_chain).await;
+        bearer.absorb(http_refresh_chains(&client, &base, c, half).await);
+        let mut inline = dpop_refresh_chains(&client, &base, c, secs, 0).await;
+        row("bearer refresh chains", c, &mut bearer, None);
+        row(
+            "DPoP refresh chains (ES256 proofs signed beforehand)",
+            c,
+            &mut dpop,
+            Some(("bearer refresh", bearer.rate())),
+        );
+        row(
+            "DPoP refresh chains (each proof signed in the loop, same cores)",
+            c,
+            &mut inline,
+            Some(("bearer refresh", bearer.rate())),
+        );
+        let ratio = dpop.rate() / bearer.rate();
+        verdict(
+            format!(
+                "DPoP refresh >= 0.8x bearer refresh at c={c}: {ratio:.2}x (with the client's signing on the same cores: {:.2}x)",
+                inline.rate() / bearer.rate()
+            ),
+            ratio >= 0.8,
+        );
     }
 
     // The argon2 limit just before and just after the logins (half the time each), so

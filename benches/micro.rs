@@ -2,7 +2,8 @@
 //! - access tokens per algorithm: sign; `tessera::verify` beside raw
 //!   `jsonwebtoken::decode` and the raw signature check of the same library;
 //! - refresh tokens: mint (256 random bits + SHA-256), seal and open the successor;
-//! - argon2id at the server's parameters, one hash.
+//! - argon2id at the server's parameters, one hash;
+//! - DPoP proofs: a client signing one, the server's stateless check of one.
 //!
 //! `cargo bench --bench micro` (divan's own flags after `--`, e.g. `-- access`).
 //! The load benchmark prints the verify / raw-decode ratio in its run.
@@ -75,5 +76,36 @@ mod password {
     fn argon2id_m19456_t2_p1(bencher: divan::Bencher) {
         let mut hasher = super::common::Argon2Hasher::new();
         bencher.bench_local(|| hasher.hash());
+    }
+}
+
+mod dpop_proof {
+    use super::common::DpopSigner;
+    use divan::Bencher;
+    use tessera::verify::dpop::{Expect, check};
+
+    const PROOF_ALGS: [&str; 2] = ["ES256", "EdDSA"];
+    const HTU: &str = "https://auth.example.com/oauth/token";
+
+    #[divan::bench(args = PROOF_ALGS)]
+    fn client_signs(bencher: Bencher, alg: &str) {
+        let signer = DpopSigner::new(alg);
+        bencher.bench_local(|| signer.proof("POST", HTU, None));
+    }
+
+    /// Signature, `typ`, key, thumbprint, `htm`, `htu`, `iat`: what a token request adds.
+    #[divan::bench(args = PROOF_ALGS)]
+    fn server_checks(bencher: Bencher, alg: &str) {
+        let signer = DpopSigner::new(alg);
+        let proof = signer.proof("POST", HTU, None);
+        let now = tessera::http::extract::now();
+        let expect = Expect {
+            method: "POST",
+            url: HTU,
+            also_url: None,
+            access_token: None,
+            now,
+        };
+        bencher.bench_local(|| check(&proof, &expect).unwrap());
     }
 }

@@ -136,3 +136,70 @@ pub fn rate(secs: f64, mut f: impl FnMut()) -> f64 {
     }
     n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// A DPoP client key (ES256 or EdDSA) that signs proofs, as a client does.
+pub struct DpopSigner {
+    es: Option<p256::ecdsa::SigningKey>,
+    ed: Option<ed25519_dalek::SigningKey>,
+    header: String,
+}
+
+fn random32() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    out[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    out
+}
+
+impl DpopSigner {
+    pub fn new(alg: &str) -> Self {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let (es, ed, jwk) = if alg == "ES256" {
+            let key = loop {
+                if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&random32()) {
+                    break k;
+                }
+            };
+            let p = key.verifying_key().to_sec1_point(false);
+            let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())});
+            (Some(key), None, jwk)
+        } else {
+            let key = ed25519_dalek::SigningKey::from_bytes(&random32());
+            let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key.verifying_key().as_bytes())});
+            (None, Some(key), jwk)
+        };
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk}).to_string();
+        Self {
+            es,
+            ed,
+            header: b64(header.as_bytes()),
+        }
+    }
+
+    /// A fresh proof for `htm` `htu` (with `ath` of `access_token`, if given).
+    pub fn proof(&self, htm: &str, htu: &str, access_token: Option<&str>) -> String {
+        use base64::Engine;
+        use p256::ecdsa::signature::Signer as _;
+        use sha2::Digest;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut claims = serde_json::json!({"jti": Uuid::new_v4().to_string(), "htm": htm, "htu": htu, "iat": iat});
+        if let Some(token) = access_token {
+            claims["ath"] = b64(&sha2::Sha256::digest(token.as_bytes())).into();
+        }
+        let input = format!("{}.{}", self.header, b64(claims.to_string().as_bytes()));
+        let signature = match (&self.es, &self.ed) {
+            (Some(k), _) => {
+                let sig: p256::ecdsa::Signature = k.sign(input.as_bytes());
+                sig.to_bytes().to_vec()
+            }
+            (_, Some(k)) => k.sign(input.as_bytes()).to_bytes().to_vec(),
+            _ => unreachable!(),
+        };
+        format!("{input}.{}", b64(&signature))
+    }
+}

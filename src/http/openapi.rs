@@ -30,7 +30,7 @@ impl Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tessera", description = "Authorization server: JWT access tokens, rotating refresh tokens, revocation."),
+    info(title = "Tessera", description = "Authorization server: JWT access tokens, rotating refresh tokens, revocation. Routes that take a bearer token also take a DPoP-bound one (RFC 9449) as `Authorization: DPoP <token>` with a `DPoP` proof for `<issuer><path>` carrying `ath`; a bound token sent as Bearer is 401 invalid_token, a missing or bad proof 401 invalid_dpop_proof, both with `WWW-Authenticate: DPoP`."),
     paths(
         oauth::token, oauth::revoke,
         account::signup, account::me, account::sessions, account::end_session, account::logout,

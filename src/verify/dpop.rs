@@ -20,6 +20,9 @@ pub const MAX_PROOF_BYTES: usize = 4096;
 /// How old a proof's `iat` may be, and how far ahead of our clock.
 pub const MAX_AGE_SECS: i64 = 60;
 pub const FUTURE_LEEWAY_SECS: i64 = 5;
+/// How long after its `iat` a proof is remembered against replay: its acceptance
+/// window, plus a margin for instances whose clocks disagree.
+pub const REMEMBER_SECS: i64 = MAX_AGE_SECS + 30;
 const MAX_JTI_BYTES: usize = 128;
 
 /// Why a proof was refused: `invalid_dpop_proof` (or, for [`ProofError::UseNonce`],
@@ -106,9 +109,10 @@ impl Proof {
         h.finalize().into()
     }
 
-    /// Until when the proof must be remembered: after that its `iat` is refused anyway.
+    /// Until when the proof must be remembered: after that its `iat` is refused anyway
+    /// (by any instance whose clock is within 30 s of this one's).
     pub fn remember_until(&self) -> i64 {
-        self.iat.saturating_add(MAX_AGE_SECS)
+        self.iat.saturating_add(REMEMBER_SECS)
     }
 }
 

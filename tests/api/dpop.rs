@@ -891,7 +891,7 @@ async fn the_janitor_forgets_proofs_once_too_old(backend: Backend) {
     let kept = auth.prune_kinds(&what, now()).await;
     assert_eq!(kept.deleted.get("dpop_proofs").copied().unwrap_or(0), 0);
     // Past the acceptance window of its `iat`: gone.
-    let later = now() + tessera::verify::dpop::MAX_AGE_SECS + 2;
+    let later = now() + tessera::verify::dpop::REMEMBER_SECS + 2;
     let pruned = auth.prune_kinds(&what, later).await;
     assert_eq!(
         pruned.deleted.get("dpop_proofs").copied(),

@@ -317,14 +317,20 @@ impl Auth {
     /// RFC 7009: ends the session a live refresh token (or an access token) belongs
     /// to, if that token was issued to the client asking. Unknown, malformed, spent and
     /// other clients' tokens succeed silently (§2.2): the answer says nothing about a
-    /// token the caller does not own.
+    /// token the caller does not own. A DPoP-bound token is revoked only with a proof
+    /// by its key (`dpop`, already checked but for replay): a copy without the key
+    /// cannot log its holder out.
     pub async fn revoke_token(
         &self,
         raw: &str,
         client: &RequestClient,
+        dpop: Option<&Proof>,
         caller: &Caller,
         now: i64,
     ) -> Result<(), AuthError> {
+        if let Some(proof) = dpop {
+            self.claim_dpop_proof(proof).await?;
+        }
         // A public client names itself; a confidential one has proven its secret.
         let asking = match client {
             RequestClient::Authenticated(id) => id.clone(),
@@ -337,17 +343,40 @@ impl Auth {
                 .token_state(token.hash())
                 .await?
                 .filter(|s| s.spent_at.is_none() && s.expires_at > now)
-                .map(|s| (s.session.id, s.session.user_id, s.session.client_id))
+                .map(|s| {
+                    let s = s.session;
+                    (s.id, s.user_id, s.client_id, s.dpop_jkt)
+                })
         } else {
             self.verify_access(raw)
                 .ok()
-                .map(|c| (c.sid, c.sub, c.client_id))
+                .map(|c| (c.sid, c.sub, c.client_id, c.cnf.map(|c| c.jkt)))
         };
-        let Some((session_id, user_id, owner)) = target else {
+        let Some((session_id, user_id, owner, bound)) = target else {
             return Ok(());
         };
         if owner != asking {
             tracing::info!(%session_id, "revocation of another client's token ignored");
+            return Ok(());
+        }
+        if let Some(bound) = bound
+            && dpop.map(|p| p.jkt.as_str()) != Some(bound.as_str())
+        {
+            tracing::warn!(%session_id, "revocation of a DPoP-bound token without its key ignored");
+            self.store
+                .record(&AuditEvent {
+                    at: now,
+                    action: "revoke_dpop_refused".into(),
+                    user_id: Some(user_id),
+                    session_id: Some(session_id),
+                    ip: caller.ip.clone(),
+                    detail: serde_json::json!({
+                        "bound_jkt": bound,
+                        "proof_jkt": dpop.map(|p| p.jkt.as_str()),
+                    }),
+                    ..AuditEvent::default()
+                })
+                .await?;
             return Ok(());
         }
         let event = AuditEvent {

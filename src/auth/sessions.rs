@@ -37,14 +37,9 @@ impl LogoutScope {
 }
 
 impl Auth {
-    /// Verifies the bearer token and that its session is still live in the store.
-    /// Returns the claims and the user as the store has them now.
-    pub async fn live_caller(&self, token: &str, now: i64) -> Result<(Claims, User), AuthError> {
-        self.live_claims(self.verify_access(token)?, now).await
-    }
-
-    /// Claims already verified (signature, expiry, DPoP rules): is their session still
-    /// live in the store? Returns them and the user as the store has them now.
+    /// Claims already verified (signature, expiry, and the DPoP rules: the HTTP layer's
+    /// `Access` extractor): is their session still live in the store? Returns them and
+    /// the user as the store has them now.
     pub async fn live_claims(&self, claims: Claims, now: i64) -> Result<(Claims, User), AuthError> {
         let user = self
             .store
@@ -56,11 +51,6 @@ impl Auth {
 
     /// Admin routes: a valid token, a live session, and the admin role as the store
     /// has it now (not as the token had it when it was minted).
-    pub async fn admin(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
-        self.admin_claims(self.verify_access(token)?, now).await
-    }
-
-    /// [`Auth::admin`] for claims already verified.
     pub async fn admin_claims(&self, claims: Claims, now: i64) -> Result<Claims, AuthError> {
         let (claims, user) = self.live_claims(claims, now).await?;
         if !user.roles.iter().any(|r| r == ADMIN_ROLE) {

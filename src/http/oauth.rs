@@ -157,18 +157,20 @@ pub(crate) async fn token(
     }
 }
 
-/// The request's DPoP proof for the token endpoint, checked but for replay (claimed
-/// with the grant): `htm` POST, `htu` the issuer's token endpoint.
-fn token_proof(
+/// The request's DPoP proof for an OAuth endpoint (`/oauth/token`, `/oauth/revoke`),
+/// checked but for replay (claimed with the grant): `htm` POST, `htu` the issuer's URL
+/// of the endpoint.
+fn endpoint_proof(
     state: &AppState,
     headers: &HeaderMap,
+    path: &str,
     at: i64,
 ) -> Result<Option<crate::auth::dpop::Proof>, AuthError> {
     use crate::verify::dpop;
     let Some(raw) = dpop::proof_header(headers).map_err(AuthError::InvalidDpopProof)? else {
         return Ok(None);
     };
-    let url = format!("{}/oauth/token", state.issuer.trim_end_matches('/'));
+    let url = format!("{}{path}", state.issuer.trim_end_matches('/'));
     let expect = dpop::Expect {
         method: "POST",
         url: &url,
@@ -210,7 +212,7 @@ async fn grant(
     if cookie {
         state.browser.check_csrf(headers)?;
     }
-    let proof = token_proof(state, headers, at)?;
+    let proof = endpoint_proof(state, headers, "/oauth/token", at)?;
     let client = request_client(
         state,
         basic,
@@ -315,7 +317,8 @@ pub(crate) struct RevokeRequest {
 
 /// RFC 7009 §2.2: 200 whether or not the token was known, or was the caller's.
 #[utoipa::path(post, path = "/oauth/revoke", tag = "oauth", security((), ("basic" = [])),
-    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then.",
+    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then. A DPoP-bound token (RFC 9449) is revoked only with a `DPoP` proof by its key (htm POST, htu `<issuer>/oauth/revoke`); without one the answer is 200 and nothing is revoked. A malformed or replayed proof is 400 invalid_dpop_proof.",
+    params(("DPoP" = Option<String>, Header, description = "A DPoP proof JWT by the key a bound token is bound to")),
     request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revoke(
@@ -332,6 +335,9 @@ pub(crate) async fn revoke(
     if from_cookie.is_some() {
         state.browser.check_csrf(&headers)?;
     }
+    let at = now();
+    let proof = endpoint_proof(&state, &headers, "/oauth/revoke", at)
+        .map_err(|e| ApiError::from(e).with_dpop_nonce(state.auth.dpop_nonce(at)))?;
     let client = request_client(
         &state,
         basic,
@@ -345,7 +351,7 @@ pub(crate) async fn revoke(
     };
     state
         .auth
-        .revoke_token(token, &client, &caller, now())
+        .revoke_token(token, &client, proof.as_ref(), &caller, at)
         .await?;
     let mut response = ([(header::CACHE_CONTROL, "no-store")], "").into_response();
     // The browser's cookie is dead once its own token is revoked; revoking another

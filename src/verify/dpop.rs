@@ -455,6 +455,87 @@ mod tests {
         assert_ne!(n("https://h/oauth/token"), n("https://h/oauth/token/"));
     }
 
+    /// RFC 9449 §4.1's example proof, checked at its own `iat`: it verifies, and its
+    /// thumbprint is the `jkt` of §6.1's example.
+    #[test]
+    fn the_rfc_example_proof_verifies_with_the_rfc_thumbprint() {
+        let proof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg";
+        let expect = Expect {
+            method: "POST",
+            url: "https://server.example.com/token",
+            also_url: None,
+            access_token: None,
+            now: 1_562_262_616,
+        };
+        let checked = check(proof, &expect);
+        assert_eq!(
+            checked.as_ref().map(|p| p.jkt.as_str()),
+            Ok("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        );
+        assert_eq!(
+            checked.map(|p| p.jti),
+            Ok("-BwC3ESc6acc2lTc".to_owned())
+        );
+        // The same proof a minute and a half later, or for another URL or method.
+        let late = Expect {
+            now: 1_562_262_616 + 90,
+            ..expect
+        };
+        assert_eq!(check(proof, &late), Err(ProofError::Stale));
+        let elsewhere = Expect {
+            url: "https://server.example.com/resource",
+            ..expect
+        };
+        assert_eq!(check(proof, &elsewhere), Err(ProofError::WrongUrl));
+        let get = Expect {
+            method: "GET",
+            ..expect
+        };
+        assert_eq!(check(proof, &get), Err(ProofError::WrongMethod));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(64))]
+
+            /// Any edit of the RFC's example proof (a character replaced, inserted or
+            /// removed) is refused: no part of it can change and still be accepted.
+            #[test]
+            fn every_edit_of_a_proof_is_refused(
+                at in any::<prop::sample::Index>(),
+                c in prop::sample::select(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.".chars().collect::<Vec<_>>()
+                ),
+                edit in 0..3_u8,
+            ) {
+                let good = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg";
+                let expect = Expect {
+                    method: "POST",
+                    url: "https://server.example.com/token",
+                    also_url: None,
+                    access_token: None,
+                    now: 1_562_262_616,
+                };
+                let mut chars: Vec<char> = good.chars().collect();
+                let i = at.index(chars.len());
+                match edit {
+                    0 => chars[i] = c,
+                    1 => chars.insert(i, c),
+                    _ => {
+                        chars.remove(i);
+                    }
+                }
+                let edited: String = chars.into_iter().collect();
+                prop_assume!(edited != good);
+                prop_assert!(check(&edited, &expect).is_err(), "{}", edited);
+            }
+        }
+    }
+
     #[test]
     fn ath_is_base64url_sha256() {
         // RFC 9449 §7.1's example token and its ath.

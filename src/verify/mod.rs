@@ -101,6 +101,14 @@ pub struct Verifier {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// A bound token presented on its own, as a bearer token, is not accepted.
+fn bearer_only(claims: Result<Claims, VerifyError>) -> Result<Claims, VerifyError> {
+    match claims {
+        Ok(c) if c.cnf.is_some() => Err(VerifyError::DpopBoundAsBearer),
+        other => other,
+    }
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -155,8 +163,14 @@ impl Verifier {
         }
     }
 
-    /// Verifies with the cached keys only: no I/O. `UnknownKey` means a refetch may help.
+    /// Verifies a bearer token with the cached keys only: no I/O. `UnknownKey` means a
+    /// refetch may help. A DPoP-bound token is refused (`DpopBoundAsBearer`): it is good
+    /// only with its proof, which [`Verifier::verify_request`] checks.
     pub fn verify_cached(&self, token: &str) -> Result<Claims, VerifyError> {
+        bearer_only(self.token_cached(token))
+    }
+
+    fn token_cached(&self, token: &str) -> Result<Claims, VerifyError> {
         let claims = {
             let cache = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
             self.inner.rules.decode(token, |kid| cache.keys.get(kid))?
@@ -167,9 +181,17 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// Verifies a token, refetching the JWKS when its cache lifetime is over or the
-    /// token names an unknown `kid` (at most once per `min_refetch_interval`).
+    /// Verifies a bearer token, refetching the JWKS when its cache lifetime is over or
+    /// the token names an unknown `kid` (at most once per `min_refetch_interval`). A
+    /// DPoP-bound token is refused (`DpopBoundAsBearer`): use
+    /// [`Verifier::verify_request`] (or the [`Authenticated`] extractor), which checks
+    /// its proof.
     pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        bearer_only(self.token(token).await)
+    }
+
+    /// Signature and claims, bound or not.
+    async fn token(&self, token: &str) -> Result<Claims, VerifyError> {
         let stale = {
             let cache = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
             Instant::now() >= cache.fresh_until
@@ -177,11 +199,11 @@ impl Verifier {
         if stale {
             self.refetch(Duration::ZERO).await;
         }
-        match self.verify_cached(token) {
+        match self.token_cached(token) {
             Err(VerifyError::UnknownKey)
                 if self.refetch(self.inner.config.min_refetch_interval).await =>
             {
-                self.verify_cached(token)
+                self.token_cached(token)
             }
             other => other,
         }
@@ -201,7 +223,7 @@ impl Verifier {
         also_url: Option<&str>,
     ) -> Result<Claims, VerifyError> {
         let (scheme, token) = dpop::authorization(authorization).ok_or(VerifyError::Malformed)?;
-        let claims = self.verify(token).await?;
+        let claims = self.token(token).await?;
         let now = now_unix();
         let expect = dpop::Expect {
             method,

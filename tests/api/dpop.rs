@@ -534,6 +534,33 @@ async fn the_attack_table(backend: Backend) {
         &me_with(&app, "DPoP", &access, &[&good]).await,
         unauthorized("invalid_dpop_proof"),
     );
+    // Revocation (RFC 7009) of the stolen tokens: 200 as for any token the caller may
+    // not revoke, and nothing revoked (checked below: the holder still refreshes).
+    let revoke = |token: String, proof: Option<String>| {
+        let mut r = app
+            .client
+            .post(app.url("/oauth/revoke"))
+            .form(&[("token", token)]);
+        if let Some(p) = proof {
+            r = r.header("DPoP", p);
+        }
+        async move { answer(r.send().await.unwrap()).await }
+    };
+    let revoke_url = format!("{ISSUER}/oauth/revoke");
+    add(
+        "bound refresh token revoked without the key (to log the holder out)",
+        &revoke(refresh.clone(), None).await,
+        (StatusCode::OK, ""),
+    );
+    add(
+        "bound access token revoked with the thief's proof",
+        &revoke(
+            access.clone(),
+            Some(thief.sign(&thief.header(), &thief.claims("POST", &revoke_url))),
+        )
+        .await,
+        (StatusCode::OK, ""),
+    );
     add(
         "unbound bearer token sent with the DPoP scheme",
         &me_with(
@@ -607,6 +634,14 @@ async fn the_attack_table(backend: Backend) {
         .unwrap();
     assert_eq!(thief_event["proof_jkt"], thief.jkt().as_str());
     assert_eq!(thief_event["bound_jkt"], key.jkt().as_str());
+    assert_eq!(audit_actions(&app, "revoke_dpop_refused").await.len(), 2);
+
+    // With the key, revocation works as for any token.
+    let mine = s(&next.body, "refresh_token");
+    let proof = key.sign(&key.header(), &key.claims("POST", &revoke_url));
+    assert_eq!(revoke(mine.clone(), Some(proof)).await.status, StatusCode::OK);
+    let after = refresh_with(&app, &mine, Some(&key.token_proof())).await;
+    assert_eq!(after.error(), "invalid_grant", "revoked with its key: {}", after.body);
 }
 
 async fn a_client_that_requires_dpop_refuses_requests_without_a_proof(backend: Backend) {
@@ -820,13 +855,18 @@ async fn the_verify_crate_takes_bound_tokens_with_proofs_only(backend: Backend) 
                 user.0.sub.to_string()
             }),
         )
-        .with_state(verifier);
+        .with_state(verifier.clone());
     tokio::spawn(async move { axum::serve(listener, service).await });
     let url = format!("http://{addr}/hello");
     let htu = "https://api.example.com/hello";
     let key = DpopKey::es256();
     let tokens = bound_session(&app, &key).await;
     let access = s(&tokens, "access_token");
+    // Verified on its own (as a bearer token would be), a bound token is refused.
+    assert_eq!(
+        verifier.verify(&access).await,
+        Err(tessera::verify::VerifyError::DpopBoundAsBearer)
+    );
     let call = |scheme: &'static str, proof: Option<String>| {
         let mut r = app
             .client

@@ -93,7 +93,8 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
   let ended = false;
   let inflight: Promise<Access> | null = null;
   let key: Promise<Sign | null> | undefined;
-  // The latest DPoP-Nonce heard: per URL for the token endpoint, per origin for APIs.
+  // The latest DPoP-Nonce heard from each origin: the token endpoint's serves the
+  // issuer's own API routes too, which take the same nonces.
   const nonces = new Map<string, string>();
   const waiters = new Set<Waiter>();
   const listeners = new Set<(reason: EndReason) => void>();
@@ -136,17 +137,16 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
   async function signed(input: string | URL, init: RequestInit, a?: Access): Promise<Response> {
     const sign = a && !a.dpop ? null : await (key ??= browserKey(`${issuer} ${clientId}`));
     const url = new URL(input, globalThis.location?.href);
-    const at = a ? url.origin : url.href;
     const m = init.method ?? "GET";
     // fetch upper-cases these methods on the wire and sends any other as written.
     const htm = /^(delete|get|head|options|post|put)$/i.test(m) ? m.toUpperCase() : m;
     const go = async () => {
       const headers = new Headers(init.headers);
       if (a) headers.set("Authorization", `${a.dpop ? "DPoP" : "Bearer"} ${a.token}`);
-      if (sign) headers.set("DPoP", await sign(htm, url, nonces.get(at), a?.token));
+      if (sign) headers.set("DPoP", await sign(htm, url, nonces.get(url.origin), a?.token));
       const res = await http(input, { ...init, headers });
       const nonce = res.headers.get("DPoP-Nonce");
-      if (nonce) nonces.set(at, nonce);
+      if (nonce) nonces.set(url.origin, nonce);
       return [res, nonce] as const;
     };
     const [res, nonce] = await go();

@@ -133,17 +133,24 @@ test("tabs racing to make the key all sign with the one stored first; a later pa
   [...tabs, later, other].forEach((t) => t.close());
 });
 
-test("a nonce challenge is answered once, and the latest nonce goes into later proofs", async () => {
+test("a nonce challenge is answered once, and the latest nonce of each origin goes into later proofs", async () => {
   const server = dpopServer({ nonce: true });
   const c = client(server, "nonce");
   await c.login("a@example.com", "pw");
   assert.equal(server.nonceAsks, 1, "the login is asked once");
+  // The refresh and the call take the nonce of the answer before them.
   assert.equal((await c.fetch(`${ISSUER}/v1/me`)).status, 200);
-  // The refresh used the nonce of the login's answer; the API origin had none yet.
+  assert.equal(server.nonceAsks, 1);
+  // An API on another origin has given no nonce yet: it asks, once.
+  const api = "http://api.test/v1/things";
+  assert.equal((await c.fetch(api)).status, 200);
   assert.equal(server.nonceAsks, 2);
-  assert.equal((await c.fetch(`${ISSUER}/v1/me`)).status, 200);
+  assert.equal((await c.fetch(api)).status, 200);
   assert.equal(server.nonceAsks, 2, "no more challenges: each proof carries the latest nonce");
-  assert.equal(server.requests.length, 7);
+  assert.deepEqual(server.requests.map((r) => r.path), [
+    "/oauth/token", "/oauth/token", "/oauth/token", "/v1/me",
+    "/oauth/token", "/v1/things", "/v1/things", "/oauth/token", "/v1/things",
+  ]);
   c.close();
 });
 

@@ -196,8 +196,9 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
       return (await granted(res))[1];
     } catch (e) {
       if (e instanceof TesseraError && e.status === 400) {
-        // invalid_grant (spent, revoked, expired, reused) or no cookie: logged out,
-        // for good, until the next login. Nothing retries it: no loop.
+        // invalid_grant (spent, revoked, expired, reused, bound to another key),
+        // invalid_dpop_proof (a bound session and no usable key here) or no cookie:
+        // logged out, for good, until the next login. Nothing retries it: no loop.
         if (storage) await storage.set(null);
         end("refused", stale, true);
         throw new SessionEndedError();

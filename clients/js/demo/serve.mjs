@@ -10,6 +10,7 @@ const files = {
   "/demo": ["index.html", "text/html"],
   "/tessera.js": ["../dist/index.js", "text/javascript"],
   "/leader.js": ["../dist/leader.js", "text/javascript"],
+  "/dpop.js": ["../dist/dpop.js", "text/javascript"],
 };
 
 export function serveDemo(port = 0) {

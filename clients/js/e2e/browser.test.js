@@ -3,28 +3,18 @@
 // The demo page is served from its own origin, as an app would be.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createServer } from "node:net";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { chromium } from "playwright-core";
+import { SignJWT, exportJWK, generateKeyPair, calculateJwkThumbprint, jwtVerify, EmbeddedJWK, decodeJwt } from "jose";
 import { serveDemo } from "../demo/serve.mjs";
+import { startServer, signUp, PASSWORD } from "./server.mjs";
 import { createTesseraClient, SessionEndedError } from "../dist/index.js";
 
-const PASSWORD = "correct horse battery staple";
 const OUT = new URL("../test-output/", import.meta.url).pathname;
 const TTL_MS = 2000;
 let server, demo, evil, browser, issuer, app;
-
-const freePort = () =>
-  new Promise((ok) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
 
 /** The server's count of refreshes with this outcome (ok: a rotation). */
 async function refreshes(outcome = "ok") {
@@ -35,10 +25,12 @@ async function refreshes(outcome = "ok") {
 }
 const refreshesOk = () => refreshes("ok");
 
-async function openDemo(context) {
+/** Opens the demo page on `iss`; `watch(page)` runs before it loads. */
+async function openDemo(context, iss = issuer, watch = () => {}) {
   const page = await context.newPage();
   if (process.env.E2E_DEBUG) page.on("console", (m) => console.log("[page]", m.text()));
-  await page.goto(`${app}/demo?issuer=${encodeURIComponent(issuer)}`);
+  watch(page);
+  await page.goto(`${app}/demo?issuer=${encodeURIComponent(iss)}`);
   await page.waitForFunction(() => window.tessera && window.demoState);
   return page;
 }
@@ -56,41 +48,23 @@ async function logIn(page) {
 
 const pastExpiry = () => new Promise((r) => setTimeout(r, TTL_MS + 500));
 
+// The app's settings for a server: 2-second access tokens, the demo's origin allowed.
+const appServer = (env = {}) =>
+  startServer({ TESSERA_ACCESS_TOKEN_TTL_SECS: String(TTL_MS / 1000), TESSERA_CORS_ALLOWED_ORIGINS: app, ...env });
+
 before(async () => {
   mkdirSync(OUT, { recursive: true });
-  const [port] = [await freePort()];
-  issuer = `http://localhost:${port}`;
   demo = await serveDemo(0);
   evil = await serveDemo(0);
   app = `http://localhost:${demo.address().port}`;
-  const dir = mkdtempSync(join(tmpdir(), "tessera-e2e-"));
-  server = spawn(process.env.TESSERA_BIN ?? "tessera", ["serve"], {
-    env: {
-      ...process.env,
-      TESSERA_LISTEN: `127.0.0.1:${port}`,
-      TESSERA_DATABASE_URL: `sqlite://${dir}/tessera.db`,
-      TESSERA_SECRET_KEY: randomBytes(32).toString("base64"),
-      TESSERA_ISSUER: issuer,
-      TESSERA_ACCESS_TOKEN_TTL_SECS: String(TTL_MS / 1000),
-      TESSERA_COOKIE_SECURE: "false",
-      TESSERA_CORS_ALLOWED_ORIGINS: app,
-      TESSERA_LOG: "warn",
-    },
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  for (let i = 0; ; i++) {
-    try {
-      if ((await fetch(`${issuer}/healthz`)).ok) break;
-    } catch {}
-    if (i > 100) throw new Error("the server did not start");
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  server = await appServer();
+  issuer = server.issuer;
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: ["--no-sandbox"] });
 });
 
 after(async () => {
   await browser?.close();
-  server?.kill("SIGTERM");
+  server?.stop();
   demo?.close();
   evil?.close();
 });
@@ -248,14 +222,10 @@ test("Node with a storage callback: silent refresh, and reuse elsewhere ends the
   const client = createTesseraClient({ issuer, storage });
   const ends = [];
   client.onSessionEnd((r) => ends.push(r));
-  const email = `${randomUUID()}@example.com`;
-  const res = await fetch(`${issuer}/v1/signup`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ email, password: PASSWORD }),
-  });
-  assert.equal(res.status, 201);
-  await client.login(email, PASSWORD);
+  const email = await signUp(issuer);
+  // No IndexedDB in Node: no key to keep, so no DPoP (a bound session would die with
+  // the process that held its key).
+  assert.equal((await client.login(email, PASSWORD)).token_type, "Bearer");
   const first = saved;
   assert.match(first, /^tsr_/);
   await pastExpiry();
@@ -276,4 +246,158 @@ test("Node with a storage callback: silent refresh, and reuse elsewhere ends the
   assert.deepEqual(ends, ["refused"]);
   assert.equal(saved, null);
   client.close();
+});
+
+/** Every DPoP proof the page sends, with the request it went with. */
+function recordProofs(page) {
+  const sent = [];
+  page.on("request", (r) => {
+    const h = r.headers();
+    if (h.dpop) sent.push({ method: r.method(), url: r.url(), proof: h.dpop, auth: h.authorization });
+  });
+  return sent;
+}
+
+/** Token endpoint and /v1/me answers the page gets, in order of arrival:
+ * [path, status, error or "", token_type]; `await seen.read()` before looking. */
+function recordAnswers(page, iss) {
+  const seen = [];
+  const reading = [];
+  seen.read = () => Promise.all(reading);
+  page.on("response", (r) => {
+    const path = r.url().startsWith(iss) && new URL(r.url()).pathname;
+    if (r.request().method() === "OPTIONS" || !["/oauth/token", "/v1/me"].includes(path)) return;
+    const entry = [path, r.status()];
+    seen.push(entry);
+    reading.push((async () => {
+      const challenge = /use_dpop_nonce/.test((await r.allHeaders())["www-authenticate"] ?? "") ? "use_dpop_nonce" : "";
+      const body = await r.json().catch(() => ({}));
+      entry.push(body.error ?? challenge, body.token_type);
+    })());
+  });
+  return seen;
+}
+
+const ath = (token) => createHash("sha256").update(token).digest("base64url");
+
+/** A proof from a key that is not the browser's: what a thief holding the copy can make. */
+async function foreignProof(htm, htu, extra = {}) {
+  const { privateKey, publicKey } = await generateKeyPair("ES256");
+  return new SignJWT({ htm, htu, jti: randomUUID(), ...extra })
+    .setProtectedHeader({ typ: "dpop+jwt", alg: "ES256", jwk: await exportJWK(publicKey) })
+    .setIssuedAt()
+    .sign(privateKey);
+}
+
+test("DPoP: the session is bound to a key that stays in the browser; copies of its tokens fail outside it", async () => {
+  const context = await browser.newContext();
+  let proofs, answers;
+  const page = await openDemo(context, issuer, (p) => {
+    proofs = recordProofs(p);
+    answers = recordAnswers(p, issuer);
+  });
+  await logIn(page);
+  await answers.read();
+  const login = answers.find(([path, status]) => path === "/oauth/token" && status === 200);
+  assert.equal(login?.[3], "DPoP", "the login's token_type");
+  assert.equal(await page.evaluate(async (iss) => (await tessera.fetch(iss + "/v1/me")).status, issuer), 200);
+
+  // The key: in the page's IndexedDB, and its private half cannot be exported.
+  const key = await page.evaluate(async () => {
+    const db = await new Promise((ok) => (indexedDB.open("tessera-dpop").onsuccess = (e) => ok(e.target.result)));
+    const [id] = await new Promise((ok) => (db.transaction("keys").objectStore("keys").getAllKeys().onsuccess = (e) => ok(e.target.result)));
+    const pair = await new Promise((ok) => (db.transaction("keys").objectStore("keys").get(id).onsuccess = (e) => ok(e.target.result)));
+    const exported = await crypto.subtle.exportKey("jwk", pair.privateKey).then(() => "exported", (e) => e.name);
+    return { id, extractable: pair.privateKey.extractable, exported, jwk: await crypto.subtle.exportKey("jwk", pair.publicKey) };
+  });
+  assert.equal(key.id, `${issuer} app`);
+  assert.equal(key.extractable, false);
+  assert.equal(key.exported, "InvalidAccessError");
+  const jkt = await calculateJwkThumbprint(key.jwk);
+  const access = await page.evaluate(() => tessera.accessToken());
+  assert.equal(decodeJwt(access).cnf?.jkt, jkt, "the access token is bound to the browser's key");
+
+  // What the built client sent from Chromium verifies with jose, claim by claim.
+  const jtis = new Set();
+  for (const { method, url, proof, auth } of proofs) {
+    const { payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { typ: "dpop+jwt", algorithms: ["ES256"] });
+    assert.equal(await calculateJwkThumbprint(protectedHeader.jwk), jkt);
+    assert.deepEqual(Object.keys(protectedHeader.jwk).sort(), ["crv", "kty", "x", "y"]);
+    assert.equal(payload.htm, method);
+    assert.equal(payload.htu, url.split(/[?#]/)[0]);
+    assert.ok(Math.abs(payload.iat - Date.now() / 1000) < 30);
+    assert.ok(!jtis.has(payload.jti));
+    jtis.add(payload.jti);
+    if (auth) assert.equal(payload.ath, ath(auth.replace(/^DPoP /, "")));
+    else assert.equal(payload.ath, undefined);
+  }
+  const apiCalls = proofs.filter((p) => p.auth);
+  assert.ok(apiCalls.length >= 2 && apiCalls.every((p) => p.auth.startsWith("DPoP ")));
+
+  // A thief copies the refresh cookie and the access token out of the browser.
+  const [cookie] = (await context.cookies()).filter((c) => c.name === "tessera_refresh");
+  assert.ok(cookie);
+  const before = { ok: await refreshesOk(), replays: await refreshes("replayed_in_grace") };
+  const steal = async (proof) => {
+    const res = await fetch(`${issuer}/oauth/token`, {
+      method: "POST",
+      headers: proof ? { DPoP: proof } : {},
+      body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: cookie.value }),
+    });
+    return [res.status, (await res.json()).error];
+  };
+  const noProof = await steal();
+  const otherKey = await steal(await foreignProof("POST", `${issuer}/oauth/token`));
+  assert.deepEqual(noProof, [400, "invalid_dpop_proof"]);
+  assert.deepEqual(otherKey, [400, "invalid_grant"]);
+  const meWith = async (auth, proof) =>
+    (await fetch(`${issuer}/v1/me`, { headers: { Authorization: auth, ...(proof ? { DPoP: proof } : {}) } })).status;
+  const asBearer = await meWith(`Bearer ${access}`);
+  const withOtherKey = await meWith(`DPoP ${access}`, await foreignProof("GET", `${issuer}/v1/me`, { ath: ath(access) }));
+  assert.deepEqual([asBearer, withOtherKey], [401, 401]);
+
+  // The copies spent nothing: the page refreshes as before, one rotation, no replay.
+  await pastExpiry();
+  assert.equal(await page.evaluate(async (iss) => (await tessera.fetch(iss + "/v1/me")).status, issuer), 200);
+  assert.notEqual(await page.evaluate(() => tessera.accessToken()), access);
+  assert.equal((await refreshesOk()) - before.ok, 1);
+  assert.equal(await refreshes("replayed_in_grace"), before.replays);
+  assert.match((await page.evaluate(() => demoState())).status, /^Logged in/);
+  console.log(
+    `browser DPoP: login token_type ${login[3]}, cnf.jkt = thumbprint of the IndexedDB key (private key extractable: ${key.extractable}, export: ${key.exported}); ` +
+      `${proofs.length} proofs from Chromium verify with jose; copied refresh token from Node: no proof ${noProof.join(" ")}, ` +
+      `other key ${otherKey.join(" ")}; copied access token: Bearer ${asBearer}, other key ${withOtherKey}; the page then refreshes: /v1/me 200, rotations 1`,
+  );
+  await context.close();
+});
+
+test("DPoP with nonces required: the challenge is answered once, and the nonce carries on to the API and the next refresh", async () => {
+  const nonced = await appServer({ TESSERA_DPOP_REQUIRE_NONCE: "true" });
+  try {
+    const context = await browser.newContext();
+    let answers, probed;
+    const page = await openDemo(context, nonced.issuer, (p) => {
+      answers = recordAnswers(p, nonced.issuer);
+      probed = new Promise((ok) => p.on("console", (m) => m.text().startsWith("probe:") && ok()));
+    });
+    // The page's probe for an existing session: a refresh with no cookie. Its first proof
+    // has no nonce: challenged; the retry has one and reaches the cookie check.
+    await probed;
+    await answers.read();
+    const probe = answers.map(([p, s, e]) => `${p} ${s} ${e}`);
+    assert.deepEqual(probe, ["/oauth/token 400 use_dpop_nonce", "/oauth/token 400 invalid_request"]);
+    await logIn(page);
+    await pastExpiry();
+    assert.equal(await page.evaluate(async (iss) => (await tessera.fetch(iss + "/v1/me")).status, nonced.issuer), 200);
+    assert.match((await page.evaluate(() => demoState())).status, /^Logged in/);
+    await answers.read();
+    // From then on every proof carries a current nonce: the one the token endpoint gave
+    // serves the issuer's API routes too. Login, /v1/me, refresh, /v1/me.
+    const rest = answers.slice(probe.length).map(([p, s, e]) => `${p} ${s}${e ? " " + e : ""}`);
+    assert.deepEqual(rest, ["/oauth/token 200", "/v1/me 200", "/oauth/token 200", "/v1/me 200"]);
+    console.log(`browser DPoP nonce: page probe ${probe.join(", ")}; then ${rest.join(", ")}`);
+    await context.close();
+  } finally {
+    nonced.stop();
+  }
 });

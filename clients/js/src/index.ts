@@ -4,7 +4,11 @@
 // In a browser the refresh token lives in an HttpOnly cookie (token_delivery=cookie)
 // that no script here can read; in Node or a native app a storage callback keeps it.
 // The access token stays in memory and is shared between tabs over a BroadcastChannel.
+//
+// Where the browser can keep a key (IndexedDB and WebCrypto), every token request and
+// API call carries a DPoP proof (dpop.ts) and the session is bound to that key.
 
+import { browserKey, type Sign } from "./dpop.js";
 import { elect, type Leadership } from "./leader.js";
 
 export interface TokenStorage {
@@ -63,13 +67,13 @@ export interface TesseraClient {
   close(): void;
 }
 
-type Access = { token: string; exp: number; life: number };
+type Access = { token: string; exp: number; life: number; dpop: boolean };
 type Message =
   | { t: "need"; stale: string | null }
   | { t: "token"; access: Access }
   | { t: "ended"; stale: string | null; reason: EndReason }
   | { t: "fail"; stale: string | null };
-type Waiter = { stale: string | null; ok: (token: string) => void; no: (e: Error) => void };
+type Waiter = { stale: string | null; ok: (a: Access) => void; no: (e: Error) => void };
 
 const ASK_MS = 2000;
 
@@ -87,7 +91,11 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
 
   let access: Access | null = null;
   let ended = false;
-  let inflight: Promise<string> | null = null;
+  let inflight: Promise<Access> | null = null;
+  let key: Promise<Sign | null> | undefined;
+  // The latest DPoP-Nonce heard from each origin: the token endpoint's serves the
+  // issuer's own API routes too, which take the same nonces.
+  const nonces = new Map<string, string>();
   const waiters = new Set<Waiter>();
   const listeners = new Set<(reason: EndReason) => void>();
 
@@ -108,7 +116,7 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
     for (const w of waiters) {
       if (w.stale !== a.token) {
         waiters.delete(w);
-        w.ok(a.token);
+        w.ok(a);
       }
     }
   }
@@ -123,30 +131,51 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
     if (was) for (const l of listeners) l(reason);
   }
 
-  async function send(path: string, body: URLSearchParams): Promise<Response> {
-    return http(issuer + path, {
-      method: "POST",
-      body,
-      credentials: "include",
-      headers: { "X-Tessera-CSRF": "1" },
-    });
+  // One request, with a proof when this browser has a key: to the token endpoint
+  // (no access token) or an API with a DPoP-bound one. Asked for a nonce, it goes once
+  // more with it; the refusal spent nothing.
+  async function signed(input: string | URL, init: RequestInit, a?: Access): Promise<Response> {
+    const sign = a && !a.dpop ? null : await (key ??= browserKey(`${issuer} ${clientId}`));
+    const url = new URL(input, globalThis.location?.href);
+    const m = init.method ?? "GET";
+    // fetch upper-cases these methods on the wire and sends any other as written.
+    const htm = /^(delete|get|head|options|post|put)$/i.test(m) ? m.toUpperCase() : m;
+    const go = async () => {
+      const headers = new Headers(init.headers);
+      if (a) headers.set("Authorization", `${a.dpop ? "DPoP" : "Bearer"} ${a.token}`);
+      if (sign) headers.set("DPoP", await sign(htm, url, nonces.get(url.origin), a?.token));
+      const res = await http(input, { ...init, headers });
+      const nonce = res.headers.get("DPoP-Nonce");
+      if (nonce) nonces.set(url.origin, nonce);
+      return [res, nonce] as const;
+    };
+    const [res, nonce] = await go();
+    const asked =
+      sign && nonce &&
+      (a
+        ? res.status === 401 && /use_dpop_nonce/.test(res.headers.get("WWW-Authenticate") ?? "")
+        : res.status === 400 && (await res.clone().json().catch(() => ({}))).error === "use_dpop_nonce");
+    return asked ? (await go())[0] : res;
   }
 
-  async function granted(res: Response): Promise<TokenResponse & { refresh_token?: string }> {
+  const send = (path: string, body: URLSearchParams) =>
+    signed(issuer + path, { method: "POST", body, credentials: "include", headers: { "X-Tessera-CSRF": "1" } });
+
+  async function granted(res: Response): Promise<[TokenResponse & { refresh_token?: string }, Access]> {
     const json = await res.json().catch(() => ({}));
     if (!res.ok) throw new TesseraError(json.error ?? "http_" + res.status, json.error_description ?? "", res.status);
     if (storage) await storage.set(json.refresh_token ?? null);
     const life = json.expires_in * 1000;
-    const a = { token: json.access_token, exp: Date.now() + life, life };
+    const a = { token: json.access_token, exp: Date.now() + life, life, dpop: /^dpop$/i.test(json.token_type) };
     adopt(a);
     post({ t: "token", access: a });
-    return json;
+    return [json, a];
   }
 
   // The one place a refresh token is spent. A lost response (network error, 5xx) is
   // retried once with the same token: the server's grace window answers with the
   // successor the first attempt created, so the session survives.
-  async function refreshHere(stale: string | null): Promise<string> {
+  async function refreshHere(stale: string | null): Promise<Access> {
     const body = new URLSearchParams({ grant_type: "refresh_token", client_id: clientId });
     if (storage) {
       const saved = await storage.get();
@@ -164,11 +193,12 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
     }
     if (!res || res.status >= 500) res = await send("/oauth/token", body);
     try {
-      return (await granted(res)).access_token;
+      return (await granted(res))[1];
     } catch (e) {
       if (e instanceof TesseraError && e.status === 400) {
-        // invalid_grant (spent, revoked, expired, reused) or no cookie: logged out,
-        // for good, until the next login. Nothing retries it: no loop.
+        // invalid_grant (spent, revoked, expired, reused, bound to another key),
+        // invalid_dpop_proof (a bound session and no usable key here) or no cookie:
+        // logged out, for good, until the next login. Nothing retries it: no loop.
         if (storage) await storage.set(null);
         end("refused", stale, true);
         throw new SessionEndedError();
@@ -179,10 +209,10 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
 
   // A follower asks the leader, and asks again if it stays silent (it may just have
   // closed); after three tries it refreshes itself and the grace window covers overlap.
-  async function askLeader(stale: string | null): Promise<string> {
+  async function askLeader(stale: string | null): Promise<Access> {
     for (let i = 0; i < 3 && !lead.isLeader(); i++) {
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const got = await new Promise<string | null>((ok, no) => {
+      const got = await new Promise<Access | null>((ok, no) => {
         const w: Waiter = { stale, ok, no };
         waiters.add(w);
         timer = setTimeout(() => (waiters.delete(w), ok(null)), ASK_MS);
@@ -193,9 +223,9 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
     return refreshHere(stale);
   }
 
-  async function token(stale: string | null = null): Promise<string> {
+  async function token(stale: string | null = null): Promise<Access> {
     const now = access as Access | null;
-    if (now && fresh(now, stale)) return now.token;
+    if (now && fresh(now, stale)) return now;
     if (ended) throw new SessionEndedError();
     inflight ??= (async () => {
       await lead.ready;
@@ -228,37 +258,26 @@ export function createTesseraClient(options: TesseraClientOptions): TesseraClien
       const body = new URLSearchParams({ grant_type: "password", username, password, client_id: clientId });
       if (!storage) body.set("token_delivery", "cookie");
       if (scope) body.set("scope", scope);
-      const { refresh_token: _, ...rest } = await granted(await send("/oauth/token", body));
+      const { refresh_token: _, ...rest } = (await granted(await send("/oauth/token", body)))[0];
       return rest;
     },
 
     async logout(scope = "local") {
-      const t = await token().catch(() => null);
-      if (t) {
-        await http(`${issuer}/v1/logout?scope=${scope}`, {
-          method: "POST",
-          credentials: "include",
-          headers: { Authorization: `Bearer ${t}` },
-        });
-      }
+      const a = await token().catch(() => null);
+      if (a) await signed(`${issuer}/v1/logout?scope=${scope}`, { method: "POST", credentials: "include" }, a);
       if (scope === "others") return;
       if (storage) await storage.set(null);
-      end("logout", t, true);
+      end("logout", a?.token ?? null, true);
     },
 
     async fetch(input, init = {}) {
-      const call = (t: string) => {
-        const headers = new Headers(init.headers);
-        headers.set("Authorization", `Bearer ${t}`);
-        return http(input, { ...init, headers });
-      };
       const first = await token();
-      const res = await call(first);
+      const res = await signed(input, init, first);
       if (res.status !== 401) return res;
-      return call(await token(first));
+      return signed(input, init, await token(first.token));
     },
 
-    accessToken: () => token(),
+    accessToken: () => token().then((a) => a.token),
     expiresAt: () => access?.exp ?? null,
     onSessionEnd(listener) {
       listeners.add(listener);

@@ -139,8 +139,10 @@ test("tabs without Web Locks elect one leader over a BroadcastChannel: one rotat
   const server = fakeServer({ expiresIn: 0, refreshedExpiresIn: 60 });
   const channel = `test:${Math.random()}`;
   const tabs = Array.from({ length: 4 }, () => createTesseraClient({ issuer: ISSUER, channel, fetch: server.fetch }));
-  // Let the heartbeats reach every tab.
-  await new Promise((r) => setTimeout(r, 50));
+  // Let the heartbeats and their answers reach every tab. Node delivers channel messages
+  // in a later phase of the event loop than timers: one 50 ms sleep on a loaded machine
+  // can end before any beat is delivered, so sleep in several turns of the loop.
+  for (let i = 0; i < 10; i++) await new Promise((r) => setTimeout(r, 5));
   await tabs[0].login("a@example.com", "pw");
   const ends = [];
   tabs.forEach((t) => t.onSessionEnd((r) => ends.push(r)));

@@ -17,9 +17,10 @@ pub const ALGORITHMS: [&str; 2] = ["ES256", "EdDSA"];
 /// A proof with its public key is well under 1 KiB; anything past this is refused
 /// before it is parsed.
 pub const MAX_PROOF_BYTES: usize = 4096;
-/// How old a proof's `iat` may be, and how far ahead of our clock.
+/// How old a proof's `iat` may be, and how far ahead of our clock: clients sign with
+/// their own clock, and a phone's or a laptop's may be some seconds off either way.
 pub const MAX_AGE_SECS: i64 = 60;
-pub const FUTURE_LEEWAY_SECS: i64 = 5;
+pub const FUTURE_LEEWAY_SECS: i64 = 60;
 /// How long after its `iat` a proof is remembered against replay: its acceptance
 /// window, plus a margin for instances whose clocks disagree.
 pub const REMEMBER_SECS: i64 = MAX_AGE_SECS + 30;
@@ -472,10 +473,7 @@ mod tests {
             checked.as_ref().map(|p| p.jkt.as_str()),
             Ok("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
         );
-        assert_eq!(
-            checked.map(|p| p.jti),
-            Ok("-BwC3ESc6acc2lTc".to_owned())
-        );
+        assert_eq!(checked.map(|p| p.jti), Ok("-BwC3ESc6acc2lTc".to_owned()));
         // The same proof a minute and a half later, or for another URL or method.
         let late = Expect {
             now: 1_562_262_616 + 90,

@@ -639,9 +639,17 @@ async fn the_attack_table(backend: Backend) {
     // With the key, revocation works as for any token.
     let mine = s(&next.body, "refresh_token");
     let proof = key.sign(&key.header(), &key.claims("POST", &revoke_url));
-    assert_eq!(revoke(mine.clone(), Some(proof)).await.status, StatusCode::OK);
+    assert_eq!(
+        revoke(mine.clone(), Some(proof)).await.status,
+        StatusCode::OK
+    );
     let after = refresh_with(&app, &mine, Some(&key.token_proof())).await;
-    assert_eq!(after.error(), "invalid_grant", "revoked with its key: {}", after.body);
+    assert_eq!(
+        after.error(),
+        "invalid_grant",
+        "revoked with its key: {}",
+        after.body
+    );
 }
 
 async fn a_client_that_requires_dpop_refuses_requests_without_a_proof(backend: Backend) {

@@ -78,6 +78,7 @@ pub struct Metrics {
     /// Revocation streams open on this instance.
     pub feed_streams: Gauge,
     pruned: Family<Table, Counter>,
+    dpop_refused: Family<Reason, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +107,12 @@ impl Metrics {
         let feed_reads = Counter::default();
         let feed_streams = Gauge::default();
         let pruned = Family::<Table, Counter>::default();
+        let dpop_refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "dpop_proofs_refused",
+            "DPoP proofs refused, by reason (replayed, use_nonce, wrong_key, ...)",
+            dpop_refused.clone(),
+        );
         registry.register(
             "pruned_rows",
             "Rows the janitor deleted, by table",
@@ -164,7 +171,24 @@ impl Metrics {
             feed_reads,
             feed_streams,
             pruned,
+            dpop_refused,
         }
+    }
+
+    pub fn dpop_refused(&self, reason: &str) {
+        self.dpop_refused
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn dpop_refusals(&self, reason: &str) -> u64 {
+        self.dpop_refused
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     pub fn login(&self, outcome: LoginOutcome) {

@@ -104,6 +104,13 @@ headers = { Authorization = "Bearer $user_token" }
 [[operations]]
 include-path = "/oauth/token"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "429"]
+
+# RFC 9449 §5: a DPoP header that is not a proof signed for this request (any string
+# the schema allows: a signature cannot be generated) is 400 invalid_dpop_proof, on
+# revocation as on the token endpoint.
+[[operations]]
+include-path = "/oauth/revoke"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "429"]
 TOML
 
 status=0

@@ -65,8 +65,10 @@ pub enum AuthError {
     /// A DPoP proof is needed here and none was sent (`invalid_dpop_proof`).
     #[error("{0}")]
     DpopRequired(&'static str),
+    /// The token's session has ended; `dpop`: the token was DPoP-bound (the 401's
+    /// challenge then names the DPoP scheme).
     #[error("the session is no longer valid")]
-    SessionEnded,
+    SessionEnded { dpop: bool },
     #[error("this requires the admin role")]
     Forbidden,
     #[error("not found")]
@@ -167,6 +169,8 @@ pub struct Auth {
     /// The default client's scope allow-list (config: `default_client_scopes`).
     default_client_scopes: String,
     signup_refusals: throttle::Refusals,
+    /// DPoP refusals audited this minute (see [`dpop::RecentEvents`]).
+    dpop_events: dpop::RecentEvents,
 }
 
 /// What an [`Auth`] is made of.
@@ -200,6 +204,7 @@ impl Auth {
             clients: clients::ClientCache::default(),
             default_client_scopes: parts.default_client_scopes,
             signup_refusals: throttle::Refusals::default(),
+            dpop_events: dpop::RecentEvents::default(),
             keys: RwLock::new(Arc::new(parts.keys)),
         }
     }

@@ -131,6 +131,9 @@ impl Auth {
             Rejection::DpopKeyMismatch => "other_key",
             _ => "no_proof",
         };
+        if !self.dpop_events.first(state.session.id, presented, now) {
+            return Ok(());
+        }
         self.store
             .record(&AuditEvent {
                 at: now,
@@ -156,7 +159,9 @@ impl Auth {
         match why {
             Rejection::ClientAuthRequired => AuthError::InvalidClient,
             Rejection::ScopeWidened => AuthError::InvalidScope(why.describe()),
-            Rejection::DpopProofRequired => AuthError::DpopRequired(why.describe()),
+            Rejection::DpopProofRequired | Rejection::ClientRequiresDpop => {
+                AuthError::DpopRequired(why.describe())
+            }
             // An unknown client is a client error; a known one holding another
             // client's token is a grant error.
             Rejection::WrongClient if !presenter.authenticated => {
@@ -232,6 +237,7 @@ impl Auth {
             Rotate::Rotated(r) => r,
             Rotate::Refused => return Ok(None),
             Rotate::ProofReplayed => {
+                self.metrics.dpop_refused(ProofError::Replayed.reason());
                 return Ok(Some(Err(AuthError::InvalidDpopProof(ProofError::Replayed))));
             }
         };
@@ -319,7 +325,7 @@ impl Auth {
     /// other clients' tokens succeed silently (§2.2): the answer says nothing about a
     /// token the caller does not own. A DPoP-bound token is revoked only with a proof
     /// by its key (`dpop`, already checked but for replay): a copy without the key
-    /// cannot log its holder out.
+    /// cannot log its holder out, and its client is told (`invalid_dpop_proof`).
     pub async fn revoke_token(
         &self,
         raw: &str,
@@ -362,7 +368,17 @@ impl Auth {
         if let Some(bound) = bound
             && dpop.map(|p| p.jkt.as_str()) != Some(bound.as_str())
         {
-            tracing::warn!(%session_id, "revocation of a DPoP-bound token without its key ignored");
+            // The caller is the token's client: tell it why (it still holds a live
+            // session, and its app may believe it logged out), but revoke nothing.
+            let (kind, why) = match dpop {
+                None => ("revoke_no_proof", ProofError::Missing),
+                Some(_) => ("revoke_other_key", ProofError::WrongKey),
+            };
+            tracing::warn!(%session_id, "revocation of a DPoP-bound token without its key refused");
+            self.metrics.dpop_refused(why.reason());
+            if !self.dpop_events.first(session_id, kind, now) {
+                return Err(AuthError::InvalidDpopProof(why));
+            }
             self.store
                 .record(&AuditEvent {
                     at: now,
@@ -377,7 +393,7 @@ impl Auth {
                     ..AuditEvent::default()
                 })
                 .await?;
-            return Ok(());
+            return Err(AuthError::InvalidDpopProof(why));
         }
         let event = AuditEvent {
             at: now,

@@ -18,9 +18,11 @@ pub enum Rejection {
     ClientAuthRequired,
     /// A refresh asked for a scope the session was not granted.
     ScopeWidened,
-    /// The session is bound to a DPoP key (or its client requires DPoP) and the
-    /// request had no proof.
+    /// The session is bound to a DPoP key and the request had no proof.
     DpopProofRequired,
+    /// The session's client requires DPoP (the session is not bound) and the request
+    /// had no proof.
+    ClientRequiresDpop,
     /// The session is bound to another DPoP key than the proof's.
     DpopKeyMismatch,
 }
@@ -42,6 +44,7 @@ impl Rejection {
                 "the refresh token is bound to a DPoP key: a DPoP proof by that key is required"
             }
             Rejection::DpopKeyMismatch => "the refresh token is bound to another DPoP key",
+            Rejection::ClientRequiresDpop => "this client requires a DPoP proof",
         }
     }
 }
@@ -125,7 +128,7 @@ pub fn check_presenter(
     match (state.session.dpop_jkt.as_deref(), presenter.dpop_jkt) {
         (Some(_), None) => return Err(Rejection::DpopProofRequired),
         (Some(bound), Some(key)) if bound != key => return Err(Rejection::DpopKeyMismatch),
-        (None, None) if client_requires_dpop => return Err(Rejection::DpopProofRequired),
+        (None, None) if client_requires_dpop => return Err(Rejection::ClientRequiresDpop),
         _ => {}
     }
     let granted: Vec<&str> = state.session.scope.split(' ').collect();
@@ -422,7 +425,7 @@ mod tests {
         );
         assert_eq!(
             check_presenter(&state, false, true, &with(None)),
-            Err(Rejection::DpopProofRequired)
+            Err(Rejection::ClientRequiresDpop)
         );
     }
 

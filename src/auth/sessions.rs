@@ -45,7 +45,9 @@ impl Auth {
             .store
             .live_user(claims.sid, now)
             .await?
-            .ok_or(AuthError::SessionEnded)?;
+            .ok_or(AuthError::SessionEnded {
+                dpop: claims.cnf.is_some(),
+            })?;
         Ok((claims, user))
     }
 

@@ -110,8 +110,11 @@ impl From<AuthError> for ApiError {
             AuthError::SignupDisabled => Self::new(S::FORBIDDEN, "signup_disabled", text),
             AuthError::InvalidDpopProof(p) => Self::new(S::BAD_REQUEST, p.code(), text),
             AuthError::DpopRequired(_) => Self::new(S::BAD_REQUEST, "invalid_dpop_proof", text),
-            AuthError::InvalidToken(_) | AuthError::SessionEnded => {
+            AuthError::InvalidToken(_) | AuthError::SessionEnded { dpop: false } => {
                 Self::new(S::UNAUTHORIZED, "invalid_token", text)
+            }
+            AuthError::SessionEnded { dpop: true } => {
+                Self::new(S::UNAUTHORIZED, "invalid_token", text).dpop_challenge(None)
             }
             AuthError::Forbidden => Self::new(S::FORBIDDEN, "insufficient_scope", text),
             AuthError::NotFound => Self::not_found(),

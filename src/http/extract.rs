@@ -158,6 +158,10 @@ impl FromRequestParts<super::AppState> for Access {
             .map_err(|e| as_dpop(e.into()))?;
         let at = now();
         let refuse = |e: dpop::ProofError| {
+            // A replay was counted where it was found.
+            if e != dpop::ProofError::Replayed {
+                state.auth.metrics.dpop_refused(e.reason());
+            }
             let nonce = match e {
                 dpop::ProofError::UseNonce => state.auth.dpop_nonce(at),
                 _ => None,

@@ -167,7 +167,11 @@ fn endpoint_proof(
     at: i64,
 ) -> Result<Option<crate::auth::dpop::Proof>, AuthError> {
     use crate::verify::dpop;
-    let Some(raw) = dpop::proof_header(headers).map_err(AuthError::InvalidDpopProof)? else {
+    let header = dpop::proof_header(headers).map_err(|e| {
+        state.auth.metrics.dpop_refused(e.reason());
+        AuthError::InvalidDpopProof(e)
+    });
+    let Some(raw) = header? else {
         return Ok(None);
     };
     let url = format!("{}{path}", state.issuer.trim_end_matches('/'));
@@ -178,9 +182,13 @@ fn endpoint_proof(
         access_token: None,
         now: at,
     };
-    let proof = dpop::check(raw, &expect).map_err(AuthError::InvalidDpopProof)?;
-    state.auth.check_dpop_nonce(&proof, at)?;
-    Ok(Some(proof))
+    let checked = dpop::check(raw, &expect)
+        .map_err(AuthError::InvalidDpopProof)
+        .and_then(|proof| state.auth.check_dpop_nonce(&proof, at).map(|()| proof));
+    if let Err(AuthError::InvalidDpopProof(e)) = &checked {
+        state.auth.metrics.dpop_refused(e.reason());
+    }
+    checked.map(Some)
 }
 
 async fn grant(
@@ -317,10 +325,10 @@ pub(crate) struct RevokeRequest {
 
 /// RFC 7009 §2.2: 200 whether or not the token was known, or was the caller's.
 #[utoipa::path(post, path = "/oauth/revoke", tag = "oauth", security((), ("basic" = [])),
-    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then. A DPoP-bound token (RFC 9449) is revoked only with a `DPoP` proof by its key (htm POST, htu `<issuer>/oauth/revoke`); without one the answer is 200 and nothing is revoked. A malformed or replayed proof is 400 invalid_dpop_proof.",
+    description = "RFC 7009: ends the session of a live refresh token or of an access token, if it was issued to the calling client. Without `token`, the refresh cookie is the token (needs X-Tessera-CSRF: 1 and an allowed Origin, else 403 csrf_check_failed); revoking the cookie's own token (either way) clears it (Max-Age=0). A confidential client authenticates (HTTP Basic or client_secret_post); a public one names itself with client_id (none: the default client `app`). 200 also for unknown, spent, and other clients' tokens, and nothing is revoked then. A DPoP-bound token (RFC 9449) is revoked only with a `DPoP` proof by its key (htm POST, htu `<issuer>/oauth/revoke`): its own client asking without one, or with another key's, gets 400 invalid_dpop_proof and nothing is revoked (the cookie is kept). A malformed or replayed proof is 400 invalid_dpop_proof.",
     params(("DPoP" = Option<String>, Header, description = "A DPoP proof JWT by the key a bound token is bound to")),
     request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
+    responses((status = 200, description = "Revoked, or nothing to revoke for this client"), (status = 400, description = "Malformed request, or invalid_dpop_proof", body = crate::http::error::Body), (status = 401, description = "invalid_client: a confidential client without valid credentials, or an unknown client (WWW-Authenticate: Basic)", body = crate::http::error::Body), (status = 403, description = "csrf_check_failed", body = crate::http::error::Body), (status = 503, description = "Store unavailable or at capacity (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     ClientInfo(caller): ClientInfo,

@@ -73,6 +73,8 @@ pub enum VerifyError {
     NotDpopBound,
     #[error("{0}")]
     Dpop(super::dpop::ProofError),
+    #[error("this service takes no DPoP-bound tokens: its resource_url is not configured")]
+    ResourceUrlUnset,
 }
 
 /// A public (or, for HS256, shared) key, parsed once, with the one algorithm it verifies.

@@ -70,6 +70,27 @@ impl ProofError {
             _ => "invalid_dpop_proof",
         }
     }
+
+    /// A short name for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProofError::Missing => "missing",
+            ProofError::Multiple => "multiple",
+            ProofError::Malformed => "malformed",
+            ProofError::WrongType => "wrong_type",
+            ProofError::UnsupportedAlgorithm => "unsupported_alg",
+            ProofError::PrivateKey => "private_key",
+            ProofError::BadKey => "bad_key",
+            ProofError::BadSignature => "bad_signature",
+            ProofError::WrongMethod => "wrong_htm",
+            ProofError::WrongUrl => "wrong_htu",
+            ProofError::Stale => "stale_iat",
+            ProofError::Replayed => "replayed",
+            ProofError::WrongAccessToken => "wrong_ath",
+            ProofError::WrongKey => "wrong_key",
+            ProofError::UseNonce => "use_nonce",
+        }
+    }
 }
 
 /// What a proof must match.
@@ -150,11 +171,10 @@ pub fn check(proof: &str, expect: &Expect<'_>) -> Result<Proof, ProofError> {
         return Err(ProofError::Malformed);
     };
     let header: Header = decode_json(h)?;
-    if !header
-        .typ
-        .as_deref()
-        .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
-    {
+    if !header.typ.as_deref().is_some_and(|t| {
+        // RFC 7515 §4.1.9: the media type, with or without its `application/`.
+        t.eq_ignore_ascii_case("dpop+jwt") || t.eq_ignore_ascii_case("application/dpop+jwt")
+    }) {
         return Err(ProofError::WrongType);
     }
     // Asymmetric algorithms only, named exactly: `none`, HS256 and friends end here.
@@ -392,44 +412,77 @@ pub fn proof_header(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Pro
 }
 
 /// Proofs seen recently, in one process: for a resource server that has no shared
-/// store. Each is remembered until its `iat` would be refused anyway. Full (an attacker
-/// flooding valid proofs of its own key), it refuses new proofs rather than forgetting
-/// live ones, so a replay never gets through.
+/// store. Each is remembered until its `iat` would be refused anyway. Memory is bounded
+/// two ways, neither of which ever forgets a live proof (a replay never gets through):
+/// one key may have at most `per_key` proofs remembered at once (an attacker flooding
+/// valid proofs of its own key fills its own quota, not the cache), and the whole cache
+/// `max`; past that, new proofs are refused until old ones expire. Expired entries are
+/// swept when the cache is full, at most once a second, so a full cache costs a
+/// lookup per proof, not a scan.
 pub struct ReplayCache {
-    seen: Mutex<HashMap<[u8; 32], i64>>,
+    state: Mutex<Seen>,
     max: usize,
+    per_key: u32,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Replay key -> (remember until, the key's thumbprint).
+    proofs: HashMap<[u8; 32], (i64, String)>,
+    /// Thumbprint -> proofs remembered.
+    per_key: HashMap<String, u32>,
+    last_sweep: i64,
 }
 
 impl Default for ReplayCache {
+    /// 100,000 proofs, 1,000 per key (a client making 10 calls a second uses 900).
     fn default() -> Self {
-        Self::new(100_000)
+        Self::new(100_000, 1_000)
     }
 }
 
 impl ReplayCache {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, per_key: u32) -> Self {
         Self {
-            seen: Mutex::new(HashMap::new()),
+            state: Mutex::new(Seen::default()),
             max,
+            per_key,
         }
     }
 
-    /// Records `proof`: `Err(Replayed)` if it was seen before (or the cache is full).
+    /// Records `proof`: `Err(Replayed)` if it was seen before, or if its key's quota
+    /// or the cache is full.
     pub fn claim(&self, proof: &Proof, now: i64) -> Result<(), ProofError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.max {
-            seen.retain(|_, until| *until >= now);
-            if seen.len() >= self.max {
-                return Err(ProofError::Replayed);
-            }
+        let mut seen = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let key = proof.replay_key();
+        if seen.proofs.contains_key(&key) {
+            return Err(ProofError::Replayed);
         }
-        match seen.entry(proof.replay_key()) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(ProofError::Replayed),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(proof.remember_until());
-                Ok(())
-            }
+        let full = |s: &Seen| {
+            s.proofs.len() >= self.max
+                || s.per_key.get(&proof.jkt).copied().unwrap_or(0) >= self.per_key
+        };
+        if full(&seen) && now > seen.last_sweep {
+            seen.last_sweep = now;
+            let Seen {
+                proofs, per_key, ..
+            } = &mut *seen;
+            proofs.retain(|_, (until, jkt)| {
+                let live = *until >= now;
+                if !live && let Some(n) = per_key.get_mut(jkt.as_str()) {
+                    *n = n.saturating_sub(1);
+                }
+                live
+            });
+            per_key.retain(|_, n| *n > 0);
         }
+        if full(&seen) {
+            return Err(ProofError::Replayed);
+        }
+        seen.proofs
+            .insert(key, (proof.remember_until(), proof.jkt.clone()));
+        *seen.per_key.entry(proof.jkt.clone()).or_default() += 1;
+        Ok(())
     }
 }
 
@@ -532,6 +585,62 @@ mod tests {
                 prop_assert!(check(&edited, &expect).is_err(), "{}", edited);
             }
         }
+    }
+
+    fn proof(jkt: &str, jti: &str, iat: i64) -> Proof {
+        Proof {
+            jkt: jkt.into(),
+            jti: jti.into(),
+            iat,
+            nonce: None,
+        }
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_a_second_use_and_bounds_each_key() {
+        let cache = ReplayCache::new(10, 3);
+        let t = 1_000;
+        assert_eq!(cache.claim(&proof("a", "1", t), t), Ok(()));
+        assert_eq!(
+            cache.claim(&proof("a", "1", t), t),
+            Err(ProofError::Replayed)
+        );
+        // The same jti under another key is another proof.
+        assert_eq!(cache.claim(&proof("b", "1", t), t), Ok(()));
+        // Key `a` floods: its quota runs out, key `b` is not affected.
+        assert_eq!(cache.claim(&proof("a", "2", t), t), Ok(()));
+        assert_eq!(cache.claim(&proof("a", "3", t), t), Ok(()));
+        assert_eq!(
+            cache.claim(&proof("a", "4", t), t),
+            Err(ProofError::Replayed)
+        );
+        assert_eq!(cache.claim(&proof("b", "2", t), t), Ok(()));
+        // Once a's proofs are too old, its quota is back, and the old ones still
+        // cannot be replayed (their iat is refused by `check`).
+        let later = t + REMEMBER_SECS + 1;
+        assert_eq!(cache.claim(&proof("a", "5", later), later), Ok(()));
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_new_proofs_and_forgets_no_live_one() {
+        let cache = ReplayCache::new(4, 100);
+        let t = 1_000;
+        for i in 0..4 {
+            assert_eq!(cache.claim(&proof(&format!("k{i}"), "j", t), t), Ok(()));
+        }
+        assert_eq!(
+            cache.claim(&proof("new", "j", t), t),
+            Err(ProofError::Replayed)
+        );
+        // Still live: every one of them is still refused.
+        for i in 0..4 {
+            assert_eq!(
+                cache.claim(&proof(&format!("k{i}"), "j", t), t + 1),
+                Err(ProofError::Replayed)
+            );
+        }
+        let later = t + REMEMBER_SECS + 1;
+        assert_eq!(cache.claim(&proof("new", "j", later), later), Ok(()));
     }
 
     #[test]

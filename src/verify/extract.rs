@@ -43,6 +43,7 @@ impl IntoResponse for Rejection {
                     VerifyError::Dpop(_)
                         | VerifyError::DpopBoundAsBearer
                         | VerifyError::NotDpopBound
+                        | VerifyError::ResourceUrlUnset
                 );
                 let scheme = if dpop_rule || self.scheme == Some(Scheme::DPoP) {
                     DPOP_ALGS
@@ -96,30 +97,21 @@ where
             scheme: Some(scheme),
         };
         let proof = dpop::proof_header(&parts.headers).map_err(|e| refuse(VerifyError::Dpop(e)))?;
-        let path = parts.uri.path();
-        let (url, also_url) = match &verifier.config().resource_url {
-            Some(base) => (format!("{}{path}", base.trim_end_matches('/')), None),
-            None => {
-                let host = parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-                    .unwrap_or_default();
-                (
-                    format!("https://{host}{path}"),
-                    Some(format!("http://{host}{path}")),
-                )
-            }
-        };
+        // The path the client called, also when this router is nested in another.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |u| u.0.path());
+        // Only the configured public URL: the Host header is the client's to choose, so
+        // a proof made for another service that takes the same tokens could be replayed
+        // here under that service's name.
+        let url = verifier
+            .config()
+            .resource_url
+            .as_ref()
+            .map(|base| format!("{}{path}", base.trim_end_matches('/')));
         verifier
-            .verify_request(
-                value,
-                proof,
-                parts.method.as_str(),
-                &url,
-                also_url.as_deref(),
-            )
+            .request(value, proof, parts.method.as_str(), url.as_deref(), None)
             .await
             .map(Authenticated)
             .map_err(refuse)

@@ -48,8 +48,10 @@ pub struct VerifierConfig {
     /// The HTTP client; bring one with TLS enabled to reach an `https` issuer.
     pub http: reqwest::Client,
     /// This service's public base URL (`https://api.example.com`): DPoP proofs must
-    /// name it plus the request's path in `htu`. `None`: the request's `Host` header,
-    /// with `http` or `https`.
+    /// name it plus the request's path in `htu`. `None`: the [`Authenticated`]
+    /// extractor refuses DPoP-bound tokens (`VerifyError::ResourceUrlUnset`), since the
+    /// request's `Host` header is the client's to choose and would let a proof made for
+    /// another service be replayed here. Bearer tokens work either way.
     pub resource_url: Option<String>,
 }
 
@@ -222,8 +224,30 @@ impl Verifier {
         url: &str,
         also_url: Option<&str>,
     ) -> Result<Claims, VerifyError> {
+        self.request(authorization, proof, method, Some(url), also_url)
+            .await
+    }
+
+    /// [`Verifier::verify_request`] for a service that may not know its public URL
+    /// (`url: None`): bound tokens are then refused.
+    pub(crate) async fn request(
+        &self,
+        authorization: &str,
+        proof: Option<&str>,
+        method: &str,
+        url: Option<&str>,
+        also_url: Option<&str>,
+    ) -> Result<Claims, VerifyError> {
         let (scheme, token) = dpop::authorization(authorization).ok_or(VerifyError::Malformed)?;
         let claims = self.token(token).await?;
+        let cnf = claims.cnf.as_ref().map(|c| c.jkt.as_str());
+        let url = match (url, cnf, scheme) {
+            (Some(url), _, _) => url,
+            (None, Some(_), dpop::Scheme::DPoP) => return Err(VerifyError::ResourceUrlUnset),
+            // Not checked: the scheme alone decides (a bound token as Bearer, an
+            // unbound one as DPoP, are refused; an unbound Bearer token passes).
+            (None, _, _) => "",
+        };
         let now = now_unix();
         let expect = dpop::Expect {
             method,
@@ -232,7 +256,6 @@ impl Verifier {
             access_token: Some(token),
             now,
         };
-        let cnf = claims.cnf.as_ref().map(|c| c.jkt.as_str());
         match dpop::check_use(cnf, scheme, token, proof, &expect) {
             Ok(None) => Ok(claims),
             Ok(Some(proof)) => {

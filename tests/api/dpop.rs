@@ -534,8 +534,8 @@ async fn the_attack_table(backend: Backend) {
         &me_with(&app, "DPoP", &access, &[&good]).await,
         unauthorized("invalid_dpop_proof"),
     );
-    // Revocation (RFC 7009) of the stolen tokens: 200 as for any token the caller may
-    // not revoke, and nothing revoked (checked below: the holder still refreshes).
+    // Revocation (RFC 7009) of the stolen tokens by their own (public) client: refused
+    // with the reason, and nothing revoked (checked below: the holder still refreshes).
     let revoke = |token: String, proof: Option<String>| {
         let mut r = app
             .client
@@ -550,7 +550,7 @@ async fn the_attack_table(backend: Backend) {
     add(
         "bound refresh token revoked without the key (to log the holder out)",
         &revoke(refresh.clone(), None).await,
-        (StatusCode::OK, ""),
+        bad_proof,
     );
     add(
         "bound access token revoked with the thief's proof",
@@ -559,7 +559,7 @@ async fn the_attack_table(backend: Backend) {
             Some(thief.sign(&thief.header(), &thief.claims("POST", &revoke_url))),
         )
         .await,
-        (StatusCode::OK, ""),
+        bad_proof,
     );
     add(
         "unbound bearer token sent with the DPoP scheme",
@@ -636,6 +636,35 @@ async fn the_attack_table(backend: Backend) {
     assert_eq!(thief_event["bound_jkt"], key.jkt().as_str());
     assert_eq!(audit_actions(&app, "revoke_dpop_refused").await.len(), 2);
 
+    // A thief repeating the attempt is counted every time but audited once a minute
+    // per session and kind: the audit log does not grow with the flood.
+    let refused_before = app
+        .state
+        .auth
+        .metrics
+        .refreshes(tessera::metrics::RefreshOutcome::dpop_refused);
+    let live = s(&next.body, "refresh_token");
+    for _ in 0..5 {
+        let again = refresh_with(&app, &live, None).await;
+        assert_eq!(again.error(), "invalid_dpop_proof");
+        let revoked = revoke(live.clone(), None).await;
+        assert_eq!(revoked.error(), "invalid_dpop_proof");
+    }
+    assert_eq!(
+        app.state
+            .auth
+            .metrics
+            .refreshes(tessera::metrics::RefreshOutcome::dpop_refused),
+        refused_before + 5
+    );
+    assert_eq!(
+        audit_actions(&app, "refresh_dpop_refused").await.len(),
+        events.len(),
+        "no new audit rows for repeats within the minute"
+    );
+    assert_eq!(audit_actions(&app, "revoke_dpop_refused").await.len(), 2);
+    assert!(app.state.auth.metrics.dpop_refusals("missing") >= 5);
+
     // With the key, revocation works as for any token.
     let mine = s(&next.body, "refresh_token");
     let proof = key.sign(&key.header(), &key.claims("POST", &revoke_url));
@@ -649,6 +678,28 @@ async fn the_attack_table(backend: Backend) {
         "invalid_grant",
         "revoked with its key: {}",
         after.body
+    );
+    // Its access token, still unexpired, now names an ended session: the challenge is
+    // the DPoP one, as for any refusal of a bound token.
+    let ended_access = s(&next.body, "access_token");
+    let ended = me_with(
+        &app,
+        "DPoP",
+        &ended_access,
+        &[&key.resource_proof("GET", &me_url(), &ended_access)],
+    )
+    .await;
+    assert_eq!(
+        (ended.status, ended.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
+    assert!(
+        ended
+            .www_authenticate()
+            .iter()
+            .any(|c| c.starts_with("DPoP") && c.contains("invalid_token")),
+        "{:?}",
+        ended.www_authenticate()
     );
 }
 
@@ -856,17 +907,21 @@ async fn the_verify_crate_takes_bound_tokens_with_proofs_only(backend: Backend) 
     })
     .await
     .unwrap();
-    let service = axum::Router::new()
-        .route(
-            "/hello",
-            axum::routing::get(|user: tessera::verify::Authenticated| async move {
-                user.0.sub.to_string()
-            }),
-        )
-        .with_state(verifier.clone());
+    let hello = |verifier: Verifier| {
+        axum::Router::new()
+            .route(
+                "/hello",
+                axum::routing::get(|user: tessera::verify::Authenticated| async move {
+                    user.0.sub.to_string()
+                }),
+            )
+            .with_state(verifier)
+    };
+    // Nested: the proof names the path the client called, `/api/hello`.
+    let service = axum::Router::new().nest("/api", hello(verifier.clone()));
     tokio::spawn(async move { axum::serve(listener, service).await });
-    let url = format!("http://{addr}/hello");
-    let htu = "https://api.example.com/hello";
+    let url = format!("http://{addr}/api/hello");
+    let htu = "https://api.example.com/api/hello";
     let key = DpopKey::es256();
     let tokens = bound_session(&app, &key).await;
     let access = s(&tokens, "access_token");
@@ -917,6 +972,18 @@ async fn the_verify_crate_takes_bound_tokens_with_proofs_only(backend: Backend) 
     let thief = DpopKey::es256();
     let stolen = call("DPoP", Some(thief.resource_proof("GET", htu, &access))).await;
     assert_eq!(stolen.error(), "invalid_dpop_proof");
+    let inner_path = call_with(
+        &app,
+        &url,
+        &access,
+        key.resource_proof("GET", "https://api.example.com/hello", &access),
+    )
+    .await;
+    assert_eq!(
+        inner_path.error(),
+        "invalid_dpop_proof",
+        "the nested router's own path is not the URL the client called"
+    );
     // Unbound tokens keep working as bearer tokens.
     let (_, plain) = app.user_with_session().await;
     let ok = app
@@ -927,6 +994,58 @@ async fn the_verify_crate_takes_bound_tokens_with_proofs_only(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
+
+    // A service that does not know its public URL takes no bound token, whatever Host
+    // the request names: a proof made for another service (here: for this one's own
+    // address, as a replay from elsewhere would claim) is not enough.
+    let bare = Verifier::new(VerifierConfig {
+        base_url: app.base.clone(),
+        ..VerifierConfig::new(ISSUER, ISSUER)
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_url = format!("http://{}/hello", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hello(bare)).await });
+    let refused = call_with(
+        &app,
+        &bare_url,
+        &access,
+        key.resource_proof("GET", &bare_url, &access),
+    )
+    .await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_token"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.to_string().contains("resource_url"),
+        "{}",
+        refused.body
+    );
+    let ok = app
+        .client
+        .get(&bare_url)
+        .bearer_auth(s(&plain, "access_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(),
+        StatusCode::OK,
+        "bearer tokens need no resource_url"
+    );
+}
+
+async fn call_with(app: &TestApp, url: &str, access: &str, proof: String) -> Answer {
+    let r = app
+        .client
+        .get(url)
+        .header("Authorization", format!("DPoP {access}"))
+        .header("DPoP", proof);
+    answer(r.send().await.unwrap()).await
 }
 
 async fn the_janitor_forgets_proofs_once_too_old(backend: Backend) {

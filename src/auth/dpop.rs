@@ -77,33 +77,128 @@ impl DpopPolicy {
 }
 
 /// Security events a holder of a stolen token can repeat at will (a refresh or a
-/// revocation without the key): each is written to the audit log once per session,
-/// kind and minute on an instance, and counted in the metrics every time. A flood of
-/// attempts then costs the audit log a row a minute, not a row a request.
-#[derive(Default)]
-pub(super) struct RecentEvents(Mutex<HashMap<(Uuid, &'static str), i64>>);
+/// revocation without the key): every one is counted in the metrics, and written to
+/// the audit log unless it repeats one already written this minute. An event is "the
+/// same" when session, kind, proof key and address all match, so a second thief (or a
+/// decoy from a harmless-looking address) still gets its row. A session gets at most
+/// [`MAX_DISTINCT_PER_SESSION`] rows a minute (a thief minting a key per attempt fills
+/// that, not the table); each row says how many attempts were left out before it.
+/// Bounded: past [`MAX_SESSIONS`] sessions with live windows, rows go out from a shared
+/// budget of [`OVERFLOW_ROWS_PER_MINUTE`].
+pub(super) struct RecentEvents {
+    state: Mutex<Recent>,
+    hasher: std::hash::RandomState,
+}
 
-/// How long an event suppresses its repeats.
+#[derive(Default)]
+struct Recent {
+    sessions: HashMap<Uuid, Window>,
+    last_sweep: i64,
+    /// (minute, rows) of the shared budget.
+    overflow: (i64, u32),
+}
+
+struct Window {
+    until: i64,
+    seen: Vec<u64>,
+    suppressed: u32,
+}
+
+/// How long a written event suppresses its repeats.
 pub const EVENT_REPEAT_SECS: i64 = 60;
-/// Past this many remembered, expired ones are forgotten; if none has expired, events
-/// are recorded without being remembered (an attacker with that many stolen tokens
-/// gets a row per attempt, not silence).
-const MAX_RECENT_EVENTS: usize = 10_000;
+pub const MAX_DISTINCT_PER_SESSION: usize = 10;
+pub const MAX_SESSIONS: usize = 10_000;
+pub const OVERFLOW_ROWS_PER_MINUTE: u32 = 600;
+
+/// An event let through to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Admitted {
+    /// Attempts of this session left out of the log since its last row.
+    pub suppressed: u32,
+    fingerprint: u64,
+}
+
+impl Default for RecentEvents {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+}
 
 impl RecentEvents {
-    /// Whether an event of `kind` about `session` is the first in its minute.
-    pub(super) fn first(&self, session: Uuid, kind: &'static str, now: i64) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&(session, kind)).is_some_and(|until| *until > now) {
-            return false;
+    /// Whether to write this event: `Some` with the count of left-out attempts, or
+    /// `None` when it repeats one written this minute (or the session's rows for the
+    /// minute are used up).
+    pub(super) fn admit(
+        &self,
+        session: Uuid,
+        kind: &str,
+        proof_jkt: Option<&str>,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Option<Admitted> {
+        use std::hash::BuildHasher;
+        let fingerprint = self.hasher.hash_one((kind, proof_jkt, ip));
+        let mut recent = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // A window is live from its first row for a minute; one whose end is further
+        // away than that was set by a clock since stepped back, and is over.
+        let live = |w: &Window| w.until > now && w.until <= now + EVENT_REPEAT_SECS;
+        if recent.sessions.len() >= MAX_SESSIONS && now != recent.last_sweep {
+            recent.last_sweep = now;
+            recent.sessions.retain(|_, w| live(w));
         }
-        if map.len() >= MAX_RECENT_EVENTS {
-            map.retain(|_, until| *until > now);
+        let carried = match recent.sessions.get_mut(&session) {
+            Some(w) if live(w) => {
+                if w.seen.contains(&fingerprint) || w.seen.len() >= MAX_DISTINCT_PER_SESSION {
+                    w.suppressed = w.suppressed.saturating_add(1);
+                    return None;
+                }
+                w.seen.push(fingerprint);
+                return Some(Admitted {
+                    suppressed: std::mem::take(&mut w.suppressed),
+                    fingerprint,
+                });
+            }
+            Some(w) => w.suppressed,
+            None => 0,
+        };
+        if recent.sessions.len() >= MAX_SESSIONS && !recent.sessions.contains_key(&session) {
+            let minute = now.div_euclid(60);
+            if recent.overflow.0 != minute {
+                recent.overflow = (minute, 0);
+            }
+            if recent.overflow.1 >= OVERFLOW_ROWS_PER_MINUTE {
+                return None;
+            }
+            recent.overflow.1 += 1;
+            return Some(Admitted {
+                suppressed: 0,
+                fingerprint,
+            });
         }
-        if map.len() < MAX_RECENT_EVENTS {
-            map.insert((session, kind), now + EVENT_REPEAT_SECS);
+        recent.sessions.insert(
+            session,
+            Window {
+                until: now + EVENT_REPEAT_SECS,
+                seen: vec![fingerprint],
+                suppressed: 0,
+            },
+        );
+        Some(Admitted {
+            suppressed: carried,
+            fingerprint,
+        })
+    }
+
+    /// The row for `admitted` could not be written: its repeats must not be left out.
+    pub(super) fn forget(&self, session: Uuid, admitted: Admitted) {
+        let mut recent = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = recent.sessions.get_mut(&session) {
+            w.seen.retain(|f| *f != admitted.fingerprint);
+            w.suppressed = w.suppressed.saturating_add(admitted.suppressed);
         }
-        true
     }
 }
 
@@ -151,23 +246,99 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeated_events_are_recorded_once_a_minute() {
+    fn repeated_events_are_written_once_a_minute_and_new_ones_at_once() {
         let recent = RecentEvents::default();
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        assert!(recent.first(a, "no_proof", 100));
-        assert!(!recent.first(a, "no_proof", 159));
-        assert!(recent.first(a, "other_key", 159), "another kind");
-        assert!(recent.first(b, "no_proof", 159), "another session");
-        assert!(recent.first(a, "no_proof", 160), "a minute later");
-        for i in 0..MAX_RECENT_EVENTS as u128 + 5 {
-            recent.first(Uuid::from_u128(1_000 + i), "no_proof", 200);
-        }
-        let remembered = recent.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
-        assert!(remembered <= MAX_RECENT_EVENTS, "{remembered}");
-        assert!(
-            recent.first(Uuid::from_u128(1), "new", 200),
-            "full: recorded, not silenced"
+        let ip = Some("198.51.100.7");
+        let left_out = |x: Option<Admitted>| x.map(|x| x.suppressed);
+        assert_eq!(
+            left_out(recent.admit(a, "no_proof", None, ip, 100)),
+            Some(0)
         );
+        assert_eq!(recent.admit(a, "no_proof", None, ip, 159), None);
+        assert_eq!(recent.admit(a, "no_proof", None, ip, 159), None);
+        // Anything that differs is a row of its own: another kind, key, address,
+        // session. The session's next row says how many attempts were left out.
+        assert_eq!(
+            left_out(recent.admit(a, "other_key", Some("k1"), ip, 159)),
+            Some(2)
+        );
+        assert_eq!(
+            left_out(recent.admit(a, "other_key", Some("k2"), ip, 159)),
+            Some(0),
+            "a second thief"
+        );
+        assert!(
+            recent
+                .admit(a, "no_proof", None, Some("203.0.113.9"), 159)
+                .is_some()
+        );
+        assert!(recent.admit(b, "no_proof", None, ip, 159).is_some());
+        // A minute later the first is written again, with what was left out since.
+        assert_eq!(recent.admit(a, "no_proof", None, ip, 159), None);
+        assert_eq!(
+            left_out(recent.admit(a, "no_proof", None, ip, 160)),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_thief_with_a_key_per_attempt_gets_ten_rows_a_minute() {
+        let recent = RecentEvents::default();
+        let a = Uuid::from_u128(1);
+        let written = (0..100)
+            .filter(|i| {
+                recent
+                    .admit(a, "other_key", Some(&format!("key {i}")), None, 100)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(written, MAX_DISTINCT_PER_SESSION);
+    }
+
+    #[test]
+    fn an_event_whose_row_failed_is_not_left_out() {
+        let recent = RecentEvents::default();
+        let a = Uuid::from_u128(1);
+        let admitted = recent.admit(a, "no_proof", None, None, 100);
+        assert!(admitted.is_some());
+        if let Some(admitted) = admitted {
+            recent.forget(a, admitted);
+        }
+        assert!(recent.admit(a, "no_proof", None, None, 101).is_some());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_full_it_shares_a_budget() {
+        let recent = RecentEvents::default();
+        for i in 0..MAX_SESSIONS as u128 {
+            recent.admit(Uuid::from_u128(1_000 + i), "no_proof", None, None, 200);
+        }
+        let over = (0..2 * OVERFLOW_ROWS_PER_MINUTE as u128)
+            .filter(|i| {
+                recent
+                    .admit(Uuid::from_u128(1 << 64 | i), "no_proof", None, None, 230)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(over, OVERFLOW_ROWS_PER_MINUTE as usize);
+        let size = recent.state.lock().map(|r| r.sessions.len()).unwrap_or(0);
+        assert!(size <= MAX_SESSIONS, "{size}");
+        // The windows end: new sessions get their own again.
+        assert!(
+            recent
+                .admit(Uuid::from_u128(7), "no_proof", None, None, 261)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_stretch_a_window() {
+        let recent = RecentEvents::default();
+        let a = Uuid::from_u128(1);
+        assert!(recent.admit(a, "no_proof", None, None, 10_000).is_some());
+        // The clock steps back an hour: the window set an hour "ahead" is over.
+        assert!(recent.admit(a, "no_proof", None, None, 6_400).is_some());
     }
 
     #[test]

@@ -131,10 +131,17 @@ impl Auth {
             Rejection::DpopKeyMismatch => "other_key",
             _ => "no_proof",
         };
-        if !self.dpop_events.first(state.session.id, presented, now) {
+        let Some(admitted) = self.dpop_events.admit(
+            state.session.id,
+            presented,
+            dpop.map(|p| p.jkt.as_str()),
+            caller.ip.as_deref(),
+            now,
+        ) else {
             return Ok(());
-        }
-        self.store
+        };
+        let written = self
+            .store
             .record(&AuditEvent {
                 at: now,
                 action: "refresh_dpop_refused".into(),
@@ -147,10 +154,15 @@ impl Auth {
                     "proof_jkt": dpop.map(|p| p.jkt.as_str()),
                     "spent": state.spent_at.is_some(),
                     "user_agent": caller.user_agent,
+                    "repeats_left_out": admitted.suppressed,
                 }),
                 ..AuditEvent::default()
             })
-            .await?;
+            .await;
+        if written.is_err() {
+            self.dpop_events.forget(state.session.id, admitted);
+        }
+        written?;
         Ok(())
     }
 
@@ -376,10 +388,15 @@ impl Auth {
             };
             tracing::warn!(%session_id, "revocation of a DPoP-bound token without its key refused");
             self.metrics.dpop_refused(why.reason());
-            if !self.dpop_events.first(session_id, kind, now) {
+            let proof_jkt = dpop.map(|p| p.jkt.as_str());
+            let Some(admitted) =
+                self.dpop_events
+                    .admit(session_id, kind, proof_jkt, caller.ip.as_deref(), now)
+            else {
                 return Err(AuthError::InvalidDpopProof(why));
-            }
-            self.store
+            };
+            let written = self
+                .store
                 .record(&AuditEvent {
                     at: now,
                     action: "revoke_dpop_refused".into(),
@@ -388,11 +405,16 @@ impl Auth {
                     ip: caller.ip.clone(),
                     detail: serde_json::json!({
                         "bound_jkt": bound,
-                        "proof_jkt": dpop.map(|p| p.jkt.as_str()),
+                        "proof_jkt": proof_jkt,
+                        "repeats_left_out": admitted.suppressed,
                     }),
                     ..AuditEvent::default()
                 })
-                .await?;
+                .await;
+            if written.is_err() {
+                self.dpop_events.forget(session_id, admitted);
+            }
+            written?;
             return Err(AuthError::InvalidDpopProof(why));
         }
         let event = AuditEvent {

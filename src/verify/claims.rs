@@ -75,6 +75,9 @@ pub enum VerifyError {
     Dpop(super::dpop::ProofError),
     #[error("this service takes no DPoP-bound tokens: its resource_url is not configured")]
     ResourceUrlUnset,
+    /// The DPoP replay cache is full of live proofs (503, retry shortly).
+    #[error("too many DPoP proofs in flight; try again shortly")]
+    Busy,
 }
 
 /// A public (or, for HS256, shared) key, parsed once, with the one algorithm it verifies.

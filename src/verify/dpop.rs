@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -179,8 +179,8 @@ pub fn check(proof: &str, expect: &Expect<'_>) -> Result<Proof, ProofError> {
     }
     // Asymmetric algorithms only, named exactly: `none`, HS256 and friends end here.
     let alg = match header.alg.as_str() {
-        "ES256" => Algorithm::ES256,
-        "EdDSA" => Algorithm::EdDSA,
+        "ES256" => Alg::Es256,
+        "EdDSA" => Alg::EdDsa,
         _ => return Err(ProofError::UnsupportedAlgorithm),
     };
     let jwk = header.jwk.ok_or(ProofError::BadKey)?;
@@ -189,7 +189,25 @@ pub fn check(proof: &str, expect: &Expect<'_>) -> Result<Proof, ProofError> {
     }
     let (key, jkt) = public_key(&jwk, alg)?;
     let signed = &proof[..h.len() + 1 + p.len()];
-    if !jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key, alg).unwrap_or(false) {
+    // Strict base64url (no padding, no stray trailing bits): one signature, one text.
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| ProofError::BadSignature)?;
+    // ring: ECDSA over P-256 with the fixed 64-byte r||s of JWS (RFC 7518 §3.4), and
+    // Ed25519 (RFC 8037), each checking the public key is a valid point. It is already
+    // in the build (rustls), and its P-256 is several times faster than the generic
+    // one jsonwebtoken uses: a proof is checked on every DPoP refresh and API call.
+    let verified = match (&key, alg) {
+        (PublicKey::P256(point), Alg::Es256) => {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_slice())
+                .verify(signed.as_bytes(), &signature)
+        }
+        (PublicKey::Ed25519(x), Alg::EdDsa) => {
+            UnparsedPublicKey::new(&ED25519, x.as_slice()).verify(signed.as_bytes(), &signature)
+        }
+        _ => return Err(ProofError::BadKey),
+    };
+    if verified.is_err() {
         return Err(ProofError::BadSignature);
     }
 
@@ -244,47 +262,63 @@ pub fn access_token_hash(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A member of the JWK that must be base64url of exactly `len` bytes; returns it in
-/// canonical form, so one key has one thumbprint however it was spelled.
+#[derive(Clone, Copy)]
+enum Alg {
+    Es256,
+    EdDsa,
+}
+
+/// A proof's public key, as ring takes it.
+enum PublicKey {
+    /// SEC1 uncompressed: `04 || x || y`.
+    P256([u8; 65]),
+    Ed25519([u8; 32]),
+}
+
+/// A member of the JWK that must be base64url of exactly 32 bytes; returns the bytes
+/// and their canonical spelling, so one key has one thumbprint however it was spelled.
 fn coordinate(
     jwk: &serde_json::Map<String, serde_json::Value>,
     name: &str,
-    len: usize,
-) -> Result<String, ProofError> {
+) -> Result<([u8; 32], String), ProofError> {
     let text = jwk
         .get(name)
         .and_then(|v| v.as_str())
         .ok_or(ProofError::BadKey)?;
-    let bytes = URL_SAFE_NO_PAD
+    let bytes: [u8; 32] = URL_SAFE_NO_PAD
         .decode(text)
-        .map_err(|_| ProofError::BadKey)?;
-    if bytes.len() != len {
-        return Err(ProofError::BadKey);
-    }
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ProofError::BadKey)?;
+    Ok((bytes, URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// The proof's public key for `alg`, and its RFC 7638 thumbprint: SHA-256 of the
 /// required members in lexicographic order, with no whitespace.
 fn public_key(
     jwk: &serde_json::Map<String, serde_json::Value>,
-    alg: Algorithm,
-) -> Result<(DecodingKey, String), ProofError> {
+    alg: Alg,
+) -> Result<(PublicKey, String), ProofError> {
     let member = |name: &str| jwk.get(name).and_then(|v| v.as_str());
     let canonical = match alg {
-        Algorithm::ES256 if member("kty") == Some("EC") && member("crv") == Some("P-256") => {
-            let x = coordinate(jwk, "x", 32)?;
-            let y = coordinate(jwk, "y", 32)?;
-            let key = DecodingKey::from_ec_components(&x, &y).map_err(|_| ProofError::BadKey)?;
+        Alg::Es256 if member("kty") == Some("EC") && member("crv") == Some("P-256") => {
+            let (x, x_text) = coordinate(jwk, "x")?;
+            let (y, y_text) = coordinate(jwk, "y")?;
+            let mut point = [0u8; 65];
+            point[0] = 0x04;
+            point[1..33].copy_from_slice(&x);
+            point[33..].copy_from_slice(&y);
             (
-                key,
-                format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
+                PublicKey::P256(point),
+                format!(r#"{{"crv":"P-256","kty":"EC","x":"{x_text}","y":"{y_text}"}}"#),
             )
         }
-        Algorithm::EdDSA if member("kty") == Some("OKP") && member("crv") == Some("Ed25519") => {
-            let x = coordinate(jwk, "x", 32)?;
-            let key = DecodingKey::from_ed_components(&x).map_err(|_| ProofError::BadKey)?;
-            (key, format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#))
+        Alg::EdDsa if member("kty") == Some("OKP") && member("crv") == Some("Ed25519") => {
+            let (x, x_text) = coordinate(jwk, "x")?;
+            (
+                PublicKey::Ed25519(x),
+                format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_text}"}}"#),
+            )
         }
         _ => return Err(ProofError::BadKey),
     };
@@ -414,75 +448,89 @@ pub fn proof_header(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Pro
 /// Proofs seen recently, in one process: for a resource server that has no shared
 /// store. Each is remembered until its `iat` would be refused anyway. Memory is bounded
 /// two ways, neither of which ever forgets a live proof (a replay never gets through):
-/// one key may have at most `per_key` proofs remembered at once (an attacker flooding
-/// valid proofs of its own key fills its own quota, not the cache), and the whole cache
-/// `max`; past that, new proofs are refused until old ones expire. Expired entries are
-/// swept when the cache is full, at most once a second, so a full cache costs a
-/// lookup per proof, not a scan.
+/// one user (the token's `sub`, whatever keys it logs in with) may have at most
+/// `per_user` proofs remembered at once, so one account flooding proofs fills its own
+/// quota, not the cache; and the whole cache `max`. Past either, new proofs are refused
+/// as [`Claim::Full`] (a 503, not a verdict on the proof) until old ones expire.
+/// Expired entries are swept when a limit is reached, at most once a second.
 pub struct ReplayCache {
     state: Mutex<Seen>,
     max: usize,
-    per_key: u32,
+    per_user: u32,
+}
+
+/// The outcome of [`ReplayCache::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Fresh,
+    Replayed,
+    /// The user's quota, or the cache, is full of live proofs: try again shortly.
+    Full,
 }
 
 #[derive(Default)]
 struct Seen {
-    /// Replay key -> (remember until, the key's thumbprint).
+    /// Replay key -> (remember until, its user).
     proofs: HashMap<[u8; 32], (i64, String)>,
-    /// Thumbprint -> proofs remembered.
-    per_key: HashMap<String, u32>,
+    /// User -> proofs remembered.
+    per_user: HashMap<String, u32>,
     last_sweep: i64,
 }
 
+/// The longest a proof is remembered: a proof may be dated up to
+/// [`FUTURE_LEEWAY_SECS`] ahead, and is kept [`REMEMBER_SECS`] past its `iat`.
+pub const LONGEST_MEMORY_SECS: i64 = FUTURE_LEEWAY_SECS + REMEMBER_SECS;
+
 impl Default for ReplayCache {
-    /// 100,000 proofs, 1,000 per key (a client making 10 calls a second uses 900).
+    /// 100,000 proofs, 2,000 per user: a user's clients together may make 13 calls a
+    /// second for as long as they like (2,000 over the 150 s a proof can be remembered).
     fn default() -> Self {
-        Self::new(100_000, 1_000)
+        Self::new(100_000, 2_000)
     }
 }
 
 impl ReplayCache {
-    pub fn new(max: usize, per_key: u32) -> Self {
+    pub fn new(max: usize, per_user: u32) -> Self {
         Self {
             state: Mutex::new(Seen::default()),
             max,
-            per_key,
+            per_user,
         }
     }
 
-    /// Records `proof`: `Err(Replayed)` if it was seen before, or if its key's quota
-    /// or the cache is full.
-    pub fn claim(&self, proof: &Proof, now: i64) -> Result<(), ProofError> {
+    /// Records `proof`, presented with a token of `user`.
+    pub fn claim(&self, proof: &Proof, user: &str, now: i64) -> Claim {
         let mut seen = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let key = proof.replay_key();
         if seen.proofs.contains_key(&key) {
-            return Err(ProofError::Replayed);
+            return Claim::Replayed;
         }
         let full = |s: &Seen| {
             s.proofs.len() >= self.max
-                || s.per_key.get(&proof.jkt).copied().unwrap_or(0) >= self.per_key
+                || s.per_user.get(user).copied().unwrap_or(0) >= self.per_user
         };
-        if full(&seen) && now > seen.last_sweep {
+        // `!=`, not `>`: a clock stepped back must not stop the sweeps.
+        if full(&seen) && now != seen.last_sweep {
             seen.last_sweep = now;
             let Seen {
-                proofs, per_key, ..
+                proofs, per_user, ..
             } = &mut *seen;
-            proofs.retain(|_, (until, jkt)| {
+            proofs.retain(|_, (until, owner)| {
                 let live = *until >= now;
-                if !live && let Some(n) = per_key.get_mut(jkt.as_str()) {
+                if !live && let Some(n) = per_user.get_mut(owner.as_str()) {
                     *n = n.saturating_sub(1);
                 }
                 live
             });
-            per_key.retain(|_, n| *n > 0);
+            per_user.retain(|_, n| *n > 0);
         }
         if full(&seen) {
-            return Err(ProofError::Replayed);
+            return Claim::Full;
         }
         seen.proofs
-            .insert(key, (proof.remember_until(), proof.jkt.clone()));
-        *seen.per_key.entry(proof.jkt.clone()).or_default() += 1;
-        Ok(())
+            .insert(key, (proof.remember_until(), user.to_owned()));
+        *seen.per_user.entry(user.to_owned()).or_default() += 1;
+        Claim::Fresh
     }
 }
 
@@ -597,28 +645,33 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_cache_refuses_a_second_use_and_bounds_each_key() {
+    fn the_replay_cache_refuses_a_second_use_and_bounds_each_user() {
         let cache = ReplayCache::new(10, 3);
         let t = 1_000;
-        assert_eq!(cache.claim(&proof("a", "1", t), t), Ok(()));
+        assert_eq!(cache.claim(&proof("a", "1", t), "alice", t), Claim::Fresh);
         assert_eq!(
-            cache.claim(&proof("a", "1", t), t),
-            Err(ProofError::Replayed)
+            cache.claim(&proof("a", "1", t), "alice", t),
+            Claim::Replayed
         );
         // The same jti under another key is another proof.
-        assert_eq!(cache.claim(&proof("b", "1", t), t), Ok(()));
-        // Key `a` floods: its quota runs out, key `b` is not affected.
-        assert_eq!(cache.claim(&proof("a", "2", t), t), Ok(()));
-        assert_eq!(cache.claim(&proof("a", "3", t), t), Ok(()));
+        assert_eq!(cache.claim(&proof("b", "1", t), "bob", t), Claim::Fresh);
+        // Alice floods, with a new key each time: her quota runs out, Bob's does not.
+        assert_eq!(cache.claim(&proof("a2", "2", t), "alice", t), Claim::Fresh);
+        assert_eq!(cache.claim(&proof("a3", "3", t), "alice", t), Claim::Fresh);
+        assert_eq!(cache.claim(&proof("a4", "4", t), "alice", t), Claim::Full);
+        assert_eq!(cache.claim(&proof("b", "2", t), "bob", t), Claim::Fresh);
+        // A replay is still a replay when the quota is full.
         assert_eq!(
-            cache.claim(&proof("a", "4", t), t),
-            Err(ProofError::Replayed)
+            cache.claim(&proof("a", "1", t), "alice", t),
+            Claim::Replayed
         );
-        assert_eq!(cache.claim(&proof("b", "2", t), t), Ok(()));
-        // Once a's proofs are too old, its quota is back, and the old ones still
-        // cannot be replayed (their iat is refused by `check`).
+        // Once her proofs are too old, her quota is back (the old ones cannot be
+        // replayed: `check` refuses their iat).
         let later = t + REMEMBER_SECS + 1;
-        assert_eq!(cache.claim(&proof("a", "5", later), later), Ok(()));
+        assert_eq!(
+            cache.claim(&proof("a", "5", later), "alice", later),
+            Claim::Fresh
+        );
     }
 
     #[test]
@@ -626,21 +679,28 @@ mod tests {
         let cache = ReplayCache::new(4, 100);
         let t = 1_000;
         for i in 0..4 {
-            assert_eq!(cache.claim(&proof(&format!("k{i}"), "j", t), t), Ok(()));
+            let user = format!("u{i}");
+            assert_eq!(cache.claim(&proof(&user, "j", t), &user, t), Claim::Fresh);
         }
-        assert_eq!(
-            cache.claim(&proof("new", "j", t), t),
-            Err(ProofError::Replayed)
-        );
+        assert_eq!(cache.claim(&proof("new", "j", t), "new", t), Claim::Full);
         // Still live: every one of them is still refused.
         for i in 0..4 {
+            let user = format!("u{i}");
             assert_eq!(
-                cache.claim(&proof(&format!("k{i}"), "j", t), t + 1),
-                Err(ProofError::Replayed)
+                cache.claim(&proof(&user, "j", t), &user, t + 1),
+                Claim::Replayed
             );
         }
+        // A clock stepped back still sweeps (and forgets nothing live).
+        assert_eq!(
+            cache.claim(&proof("new", "j", t - 50), "new", t - 50),
+            Claim::Full
+        );
         let later = t + REMEMBER_SECS + 1;
-        assert_eq!(cache.claim(&proof("new", "j", later), later), Ok(()));
+        assert_eq!(
+            cache.claim(&proof("new", "j", later), "new", later),
+            Claim::Fresh
+        );
     }
 
     #[test]

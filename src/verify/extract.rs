@@ -15,7 +15,8 @@ pub struct Authenticated(pub Claims);
 
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9449 §7.1): `DPoP` with
 /// `error="invalid_dpop_proof"` or `"invalid_token"` when the DPoP rules refused the
-/// request, `Bearer` otherwise, and both when no token was sent.
+/// request, `Bearer` otherwise, and both when no token was sent. 503 with
+/// `Retry-After` when the replay cache is full of live proofs.
 #[derive(Debug)]
 pub struct Rejection {
     error: Option<VerifyError>,
@@ -26,6 +27,24 @@ const DPOP_ALGS: &str = "DPoP algs=\"ES256 EdDSA\"";
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
+        if let Some(VerifyError::Busy) = self.error {
+            let body = serde_json::json!({
+                "error": "temporarily_unavailable",
+                "error_description": VerifyError::Busy.to_string(),
+            });
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::RETRY_AFTER, HeaderValue::from_static("1")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    ),
+                ],
+                body.to_string(),
+            )
+                .into_response();
+        }
         let mut challenges = Vec::new();
         let (code, description) = match self.error {
             None => {

@@ -53,6 +53,10 @@ pub struct VerifierConfig {
     /// request's `Host` header is the client's to choose and would let a proof made for
     /// another service be replayed here. Bearer tokens work either way.
     pub resource_url: Option<String>,
+    /// The DPoP replay cache: how many proofs it remembers at most, and at most per
+    /// user (see [`dpop::ReplayCache`]). Defaults 100,000 and 2,000.
+    pub dpop_replay_capacity: usize,
+    pub dpop_replay_per_user: u32,
 }
 
 impl VerifierConfig {
@@ -67,6 +71,8 @@ impl VerifierConfig {
             hs256_secret: None,
             http: reqwest::Client::new(),
             resource_url: None,
+            dpop_replay_capacity: 100_000,
+            dpop_replay_per_user: 2_000,
         }
     }
 }
@@ -134,6 +140,16 @@ impl Verifier {
     }
 
     fn with_keys(config: VerifierConfig, fetched: jwks::Fetched) -> Self {
+        match config.resource_url.as_deref() {
+            None => tracing::info!(
+                "verifier: no resource_url configured; DPoP-bound access tokens will be refused"
+            ),
+            Some(url) if dpop::normalize_url(url).is_none() => tracing::warn!(
+                resource_url = url,
+                "verifier: resource_url is not an absolute http(s) URL; every DPoP proof will fail its htu check"
+            ),
+            Some(_) => {}
+        }
         let rules = Rules::new(&config.issuer, &config.audience, config.leeway.as_secs());
         let now = Instant::now();
         let mut keys = fetched.keys;
@@ -159,7 +175,10 @@ impl Verifier {
                 fetching: tokio::sync::Mutex::new(()),
                 revoked: RwLock::new(HashMap::new()),
                 applied: tokio::sync::watch::Sender::new(0),
-                proofs: dpop::ReplayCache::default(),
+                proofs: dpop::ReplayCache::new(
+                    config.dpop_replay_capacity,
+                    config.dpop_replay_per_user,
+                ),
                 config,
             }),
         }
@@ -258,13 +277,15 @@ impl Verifier {
         };
         match dpop::check_use(cnf, scheme, token, proof, &expect) {
             Ok(None) => Ok(claims),
-            Ok(Some(proof)) => {
-                self.inner
-                    .proofs
-                    .claim(&proof, now)
-                    .map_err(VerifyError::Dpop)?;
-                Ok(claims)
-            }
+            Ok(Some(proof)) => match self
+                .inner
+                .proofs
+                .claim(&proof, &claims.sub.to_string(), now)
+            {
+                dpop::Claim::Fresh => Ok(claims),
+                dpop::Claim::Replayed => Err(VerifyError::Dpop(dpop::ProofError::Replayed)),
+                dpop::Claim::Full => Err(VerifyError::Busy),
+            },
             Err(dpop::UseError::BoundAsBearer) => Err(VerifyError::DpopBoundAsBearer),
             Err(dpop::UseError::NotBound) => Err(VerifyError::NotDpopBound),
             Err(dpop::UseError::Proof(e)) => Err(VerifyError::Dpop(e)),

@@ -248,6 +248,7 @@ both_stores!(
     a_proof_is_accepted_once_even_when_racing,
     a_grace_replay_of_a_bound_token_needs_the_key_too,
     the_verify_crate_takes_bound_tokens_with_proofs_only,
+    a_flooding_user_fills_its_own_replay_quota_not_the_service,
     the_janitor_forgets_proofs_once_too_old,
 );
 
@@ -1037,6 +1038,58 @@ async fn the_verify_crate_takes_bound_tokens_with_proofs_only(backend: Backend) 
         StatusCode::OK,
         "bearer tokens need no resource_url"
     );
+}
+
+async fn a_flooding_user_fills_its_own_replay_quota_not_the_service(backend: Backend) {
+    use tessera::verify::{Verifier, VerifierConfig};
+    let app = spawn_app(backend).await;
+    let verifier = Verifier::new(VerifierConfig {
+        base_url: app.base.clone(),
+        resource_url: Some("https://api.example.com".into()),
+        dpop_replay_per_user: 3,
+        ..VerifierConfig::new(ISSUER, ISSUER)
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hello", listener.local_addr().unwrap());
+    let service = axum::Router::new()
+        .route(
+            "/hello",
+            axum::routing::get(|_: tessera::verify::Authenticated| async { "hi" }),
+        )
+        .with_state(verifier);
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    let htu = "https://api.example.com/hello";
+    // One account, logged in with two keys: its quota is per user, not per key.
+    let key = DpopKey::es256();
+    let email = new_user(&app).await;
+    let first = login_with(&app, &email, Some(&key.token_proof())).await;
+    let other_key = DpopKey::es256();
+    let second = login_with(&app, &email, Some(&other_key.token_proof())).await;
+    let (a1, a2) = (
+        s(&first.body, "access_token"),
+        s(&second.body, "access_token"),
+    );
+    for _ in 0..2 {
+        let ok = call_with(&app, &url, &a1, key.resource_proof("GET", htu, &a1)).await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    }
+    let ok = call_with(&app, &url, &a2, other_key.resource_proof("GET", htu, &a2)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let full = call_with(&app, &url, &a2, other_key.resource_proof("GET", htu, &a2)).await;
+    assert_eq!(
+        (full.status, full.error()),
+        (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        "a full quota is not a verdict on the proof (a client must not refresh for it)"
+    );
+    assert_eq!(full.headers.get("retry-after").unwrap(), "1");
+    // Another user is not affected.
+    let bob = DpopKey::es256();
+    let tokens = bound_session(&app, &bob).await;
+    let b = s(&tokens, "access_token");
+    let ok = call_with(&app, &url, &b, bob.resource_proof("GET", htu, &b)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
 }
 
 async fn call_with(app: &TestApp, url: &str, access: &str, proof: String) -> Answer {

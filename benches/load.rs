@@ -116,30 +116,37 @@ where
 async fn sessions(client: &reqwest::Client, base: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let email = format!("{}@bench.test", Uuid::new_v4().simple());
-        let password = "benchmark password";
-        client
-            .post(format!("{base}/v1/signup"))
-            .json(&serde_json::json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        let t: serde_json::Value = client
-            .post(format!("{base}/oauth/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", &email),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t = new_user_session(client, base, None).await;
         out.push(t["refresh_token"].as_str().unwrap().to_owned());
     }
     out
+}
+
+/// Signs up a new user and logs in (with a DPoP proof by `signer`, if any): the token
+/// response.
+async fn new_user_session(
+    client: &reqwest::Client,
+    base: &str,
+    signer: Option<&common::DpopSigner>,
+) -> serde_json::Value {
+    let email = format!("{}@bench.test", Uuid::new_v4().simple());
+    let password = "benchmark password";
+    let url = format!("{base}/oauth/token");
+    client
+        .post(format!("{base}/v1/signup"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let mut login = client.post(&url).form(&[
+        ("grant_type", "password"),
+        ("username", &email),
+        ("password", password),
+    ]);
+    if let Some(signer) = signer {
+        login = login.header("DPoP", signer.proof("POST", &url, None));
+    }
+    login.send().await.unwrap().json().await.unwrap()
 }
 
 /// One call of the token endpoint, which must answer 200.
@@ -194,28 +201,7 @@ async fn dpop_refresh_chains(
     let mut states = Vec::new();
     for _ in 0..c {
         let signer = Arc::new(common::DpopSigner::new("ES256"));
-        let email = format!("{}@bench.test", Uuid::new_v4().simple());
-        let password = "benchmark password";
-        client
-            .post(format!("{base}/v1/signup"))
-            .json(&serde_json::json!({"email": email, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        let t: serde_json::Value = client
-            .post(&url)
-            .header("DPoP", signer.proof("POST", &url, None))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", &email),
-                ("password", password),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t = new_user_session(client, base, Some(&signer)).await;
         assert_eq!(t["token_type"], "DPoP", "{t}");
         let token = t["refresh_token"].as_str().unwrap().to_owned();
         states.push((client.clone(), url.clone(), token, signer, Vec::new()));

@@ -24,6 +24,22 @@ pub mod tokens;
 pub mod transport;
 pub mod verify;
 
+/// `good` with one character replaced (`edit` 0), inserted (1) or removed (2) at `at`:
+/// the property tests that every edit of a signed token or proof is refused.
+#[cfg(test)]
+pub(crate) fn edit_one(good: &str, at: proptest::sample::Index, c: char, edit: u8) -> String {
+    let mut chars: Vec<char> = good.chars().collect();
+    let i = at.index(chars.len());
+    match edit {
+        0 => chars[i] = c,
+        1 => chars.insert(i, c),
+        _ => {
+            chars.remove(i);
+        }
+    }
+    chars.into_iter().collect()
+}
+
 /// Property tests run few cases by default (CI time); `PROPTEST_CASES=N` runs more.
 #[cfg(test)]
 pub(crate) fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {

@@ -183,6 +183,10 @@ pub struct Rotation {
     pub proof: Option<ProofClaim>,
 }
 
+/// Remembers a DPoP proof: one row, or none if it was seen before (both stores).
+pub(crate) const CLAIM_PROOF: &str =
+    "INSERT INTO dpop_proofs (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
 /// A DPoP proof to remember against replay until `expires_at`.
 #[derive(Debug, Clone, Copy)]
 pub struct ProofClaim {

@@ -270,14 +270,12 @@ impl super::Store for SqliteStore {
 
     fn claim_proof(&self, claim: super::ProofClaim) -> StoreFuture<'_, bool> {
         Box::pin(async move {
-            let claimed = sqlx::query(
-                "INSERT INTO dpop_proofs (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(&claim.key[..])
-            .bind(claim.expires_at)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let claimed = sqlx::query(super::CLAIM_PROOF)
+                .bind(&claim.key[..])
+                .bind(claim.expires_at)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
             Ok(claimed == 1)
         })
     }

@@ -619,16 +619,7 @@ mod tests {
                     access_token: None,
                     now: 1_562_262_616,
                 };
-                let mut chars: Vec<char> = good.chars().collect();
-                let i = at.index(chars.len());
-                match edit {
-                    0 => chars[i] = c,
-                    1 => chars.insert(i, c),
-                    _ => {
-                        chars.remove(i);
-                    }
-                }
-                let edited: String = chars.into_iter().collect();
+                let edited = crate::edit_one(good, at, c, edit);
                 prop_assume!(edited != good);
                 prop_assert!(check(&edited, &expect).is_err(), "{}", edited);
             }

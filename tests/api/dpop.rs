@@ -227,13 +227,10 @@ fn payload(jwt: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
+/// The details of the audit events with this action.
 async fn audit_actions(app: &TestApp, action: &str) -> Vec<Value> {
-    app.state
-        .auth
-        .store
-        .audit_events(None, Some(action), None, 100)
+    crate::refresh::audit_actions(app, action)
         .await
-        .unwrap()
         .into_iter()
         .map(|r| r.event.detail)
         .collect()

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub feed_streams: Gauge,
     pruned: Family<Table, Counter>,
     dpop_refused: Family<Reason, Counter>,
+    /// Security events left out of the audit log as repeats (see `auth::dpop`).
+    pub audit_left_out: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +110,12 @@ impl Metrics {
         let feed_streams = Gauge::default();
         let pruned = Family::<Table, Counter>::default();
         let dpop_refused = Family::<Reason, Counter>::default();
+        let audit_left_out = Counter::default();
+        registry.register(
+            "audit_rows_left_out",
+            "Repeated security events counted but not written to the audit log",
+            audit_left_out.clone(),
+        );
         registry.register(
             "dpop_proofs_refused",
             "DPoP proofs refused, by reason (replayed, use_nonce, wrong_key, ...)",
@@ -172,6 +180,7 @@ impl Metrics {
             feed_streams,
             pruned,
             dpop_refused,
+            audit_left_out,
         }
     }
 

@@ -79,12 +79,14 @@ impl DpopPolicy {
 /// Security events a holder of a stolen token can repeat at will (a refresh or a
 /// revocation without the key): every one is counted in the metrics, and written to
 /// the audit log unless it repeats one already written this minute. An event is "the
-/// same" when session, kind, proof key and address all match, so a second thief (or a
-/// decoy from a harmless-looking address) still gets its row. A session gets at most
-/// [`MAX_DISTINCT_PER_SESSION`] rows a minute (a thief minting a key per attempt fills
-/// that, not the table); each row says how many attempts were left out before it.
-/// Bounded: past [`MAX_SESSIONS`] sessions with live windows, rows go out from a shared
-/// budget of [`OVERFLOW_ROWS_PER_MINUTE`].
+/// same" when session, kind, proof key and address all match. Per session and minute:
+/// an attempt from an address not seen yet always gets its row (up to
+/// [`MAX_ADDRESSES_PER_SESSION`]), so a second thief, or the real address behind
+/// decoys, is not hidden; other distinct attempts get up to
+/// [`MAX_DISTINCT_PER_SESSION`] rows (a thief minting a key per attempt fills that,
+/// not the table). A session's next row says how many attempts were left out before
+/// it. Bounded: past [`MAX_SESSIONS`] sessions with live windows, rows come from a
+/// shared budget of [`OVERFLOW_ROWS_PER_MINUTE`], still without exact repeats.
 pub(super) struct RecentEvents {
     state: Mutex<Recent>,
     hasher: std::hash::RandomState,
@@ -94,21 +96,28 @@ pub(super) struct RecentEvents {
 struct Recent {
     sessions: HashMap<Uuid, Window>,
     last_sweep: i64,
-    /// (minute, rows) of the shared budget.
-    overflow: (i64, u32),
+    /// The shared budget's minute, and what it let through then (at most
+    /// `OVERFLOW_ROWS_PER_MINUTE` entries).
+    overflow: (i64, Vec<(Uuid, u64)>),
 }
 
 struct Window {
     until: i64,
+    /// Fingerprints of the events written.
     seen: Vec<u64>,
+    /// Addresses of the events written.
+    addresses: Vec<u64>,
+    /// Rows written for an address already seen.
+    others: usize,
     suppressed: u32,
 }
 
 /// How long a written event suppresses its repeats.
 pub const EVENT_REPEAT_SECS: i64 = 60;
 pub const MAX_DISTINCT_PER_SESSION: usize = 10;
+pub const MAX_ADDRESSES_PER_SESSION: usize = 50;
 pub const MAX_SESSIONS: usize = 10_000;
-pub const OVERFLOW_ROWS_PER_MINUTE: u32 = 600;
+pub const OVERFLOW_ROWS_PER_MINUTE: usize = 600;
 
 /// An event let through to the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +125,9 @@ pub(super) struct Admitted {
     /// Attempts of this session left out of the log since its last row.
     pub suppressed: u32,
     fingerprint: u64,
+    address: u64,
+    /// Let through as the first from its address (else as one of the others).
+    new_address: bool,
 }
 
 impl Default for RecentEvents {
@@ -129,8 +141,7 @@ impl Default for RecentEvents {
 
 impl RecentEvents {
     /// Whether to write this event: `Some` with the count of left-out attempts, or
-    /// `None` when it repeats one written this minute (or the session's rows for the
-    /// minute are used up).
+    /// `None` when it is left out (the caller counts it in the metrics).
     pub(super) fn admit(
         &self,
         session: Uuid,
@@ -141,6 +152,13 @@ impl RecentEvents {
     ) -> Option<Admitted> {
         use std::hash::BuildHasher;
         let fingerprint = self.hasher.hash_one((kind, proof_jkt, ip));
+        let address = self.hasher.hash_one(ip);
+        let admitted = |suppressed, new_address| Admitted {
+            suppressed,
+            fingerprint,
+            address,
+            new_address,
+        };
         let mut recent = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         // A window is live from its first row for a minute; one whose end is further
         // away than that was set by a clock since stepped back, and is over.
@@ -151,15 +169,23 @@ impl RecentEvents {
         }
         let carried = match recent.sessions.get_mut(&session) {
             Some(w) if live(w) => {
-                if w.seen.contains(&fingerprint) || w.seen.len() >= MAX_DISTINCT_PER_SESSION {
+                let new_address = !w.addresses.contains(&address);
+                let room = if new_address {
+                    w.addresses.len() < MAX_ADDRESSES_PER_SESSION
+                } else {
+                    w.others < MAX_DISTINCT_PER_SESSION
+                };
+                if w.seen.contains(&fingerprint) || !room {
                     w.suppressed = w.suppressed.saturating_add(1);
                     return None;
                 }
                 w.seen.push(fingerprint);
-                return Some(Admitted {
-                    suppressed: std::mem::take(&mut w.suppressed),
-                    fingerprint,
-                });
+                if new_address {
+                    w.addresses.push(address);
+                } else {
+                    w.others += 1;
+                }
+                return Some(admitted(std::mem::take(&mut w.suppressed), new_address));
             }
             Some(w) => w.suppressed,
             None => 0,
@@ -167,38 +193,48 @@ impl RecentEvents {
         if recent.sessions.len() >= MAX_SESSIONS && !recent.sessions.contains_key(&session) {
             let minute = now.div_euclid(60);
             if recent.overflow.0 != minute {
-                recent.overflow = (minute, 0);
+                recent.overflow = (minute, Vec::new());
             }
-            if recent.overflow.1 >= OVERFLOW_ROWS_PER_MINUTE {
+            let through = &mut recent.overflow.1;
+            if through.contains(&(session, fingerprint))
+                || through.len() >= OVERFLOW_ROWS_PER_MINUTE
+            {
                 return None;
             }
-            recent.overflow.1 += 1;
-            return Some(Admitted {
-                suppressed: 0,
-                fingerprint,
-            });
+            through.push((session, fingerprint));
+            return Some(admitted(0, false));
         }
         recent.sessions.insert(
             session,
             Window {
                 until: now + EVENT_REPEAT_SECS,
                 seen: vec![fingerprint],
+                addresses: vec![address],
+                others: 0,
                 suppressed: 0,
             },
         );
-        Some(Admitted {
-            suppressed: carried,
-            fingerprint,
-        })
+        Some(admitted(carried, true))
     }
 
     /// The row for `admitted` could not be written: its repeats must not be left out.
     pub(super) fn forget(&self, session: Uuid, admitted: Admitted) {
         let mut recent = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(w) = recent.sessions.get_mut(&session) {
-            w.seen.retain(|f| *f != admitted.fingerprint);
+        if let Some(w) = recent.sessions.get_mut(&session)
+            && let Some(i) = w.seen.iter().position(|f| *f == admitted.fingerprint)
+        {
+            w.seen.swap_remove(i);
+            if admitted.new_address {
+                w.addresses.retain(|a| *a != admitted.address);
+            } else {
+                w.others = w.others.saturating_sub(1);
+            }
             w.suppressed = w.suppressed.saturating_add(admitted.suppressed);
         }
+        recent
+            .overflow
+            .1
+            .retain(|e| *e != (session, admitted.fingerprint));
     }
 }
 
@@ -283,17 +319,30 @@ mod tests {
     }
 
     #[test]
-    fn a_thief_with_a_key_per_attempt_gets_ten_rows_a_minute() {
+    fn a_thief_with_a_key_per_attempt_gets_eleven_rows_a_minute_and_hides_no_address() {
         let recent = RecentEvents::default();
         let a = Uuid::from_u128(1);
+        let decoy = Some("198.51.100.7");
         let written = (0..100)
             .filter(|i| {
                 recent
-                    .admit(a, "other_key", Some(&format!("key {i}")), None, 100)
+                    .admit(a, "other_key", Some(&format!("key {i}")), decoy, 100)
                     .is_some()
             })
             .count();
-        assert_eq!(written, MAX_DISTINCT_PER_SESSION);
+        // The first from the address, then ten more.
+        assert_eq!(written, 1 + MAX_DISTINCT_PER_SESSION);
+        // The decoys used up their rows; the real thief's address still gets one.
+        let real = recent.admit(a, "other_key", Some("key 0"), Some("203.0.113.9"), 100);
+        assert_eq!(real.map(|x| x.suppressed), Some(89));
+        // Addresses too are bounded.
+        let addresses = (0..200)
+            .filter(|i| {
+                let ip = format!("192.0.2.{i}");
+                recent.admit(a, "no_proof", None, Some(&ip), 100).is_some()
+            })
+            .count();
+        assert_eq!(addresses, MAX_ADDRESSES_PER_SESSION - 2);
     }
 
     #[test]
@@ -321,7 +370,7 @@ mod tests {
                     .is_some()
             })
             .count();
-        assert_eq!(over, OVERFLOW_ROWS_PER_MINUTE as usize);
+        assert_eq!(over, OVERFLOW_ROWS_PER_MINUTE);
         let size = recent.state.lock().map(|r| r.sessions.len()).unwrap_or(0);
         assert!(size <= MAX_SESSIONS, "{size}");
         // The windows end: new sessions get their own again.

@@ -138,6 +138,7 @@ impl Auth {
             caller.ip.as_deref(),
             now,
         ) else {
+            self.metrics.audit_left_out.inc();
             return Ok(());
         };
         let written = self
@@ -393,6 +394,7 @@ impl Auth {
                 self.dpop_events
                     .admit(session_id, kind, proof_jkt, caller.ip.as_deref(), now)
             else {
+                self.metrics.audit_left_out.inc();
                 return Err(AuthError::InvalidDpopProof(why));
             };
             let written = self

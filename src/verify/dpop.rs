@@ -447,12 +447,17 @@ pub fn proof_header(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Pro
 
 /// Proofs seen recently, in one process: for a resource server that has no shared
 /// store. Each is remembered until its `iat` would be refused anyway. Memory is bounded
-/// two ways, neither of which ever forgets a live proof (a replay never gets through):
-/// one user (the token's `sub`, whatever keys it logs in with) may have at most
-/// `per_user` proofs remembered at once, so one account flooding proofs fills its own
-/// quota, not the cache; and the whole cache `max`. Past either, new proofs are refused
-/// as [`Claim::Full`] (a 503, not a verdict on the proof) until old ones expire.
-/// Expired entries are swept when a limit is reached, at most once a second.
+/// without ever forgetting a live proof (a replay never gets through):
+/// - one user (the token's `sub`, whatever keys it logs in with) may have at most
+///   `per_user` proofs remembered at once;
+/// - past `max` proofs in all, only users holding less than a fair share (`max`
+///   divided by the users with live proofs) get new ones in, so accounts that flood
+///   (however many) cannot lock out a user making a few calls;
+/// - `2 * max` is the hard ceiling.
+///
+/// A refused proof is [`Claim::Full`] (a 503, not a verdict on the proof) until old
+/// ones expire. Expired entries are swept when a limit is reached, at most once a
+/// second.
 pub struct ReplayCache {
     state: Mutex<Seen>,
     max: usize,
@@ -490,11 +495,12 @@ impl Default for ReplayCache {
 }
 
 impl ReplayCache {
+    /// Limits of 0 are taken as 1.
     pub fn new(max: usize, per_user: u32) -> Self {
         Self {
             state: Mutex::new(Seen::default()),
-            max,
-            per_user,
+            max: max.max(1),
+            per_user: per_user.max(1),
         }
     }
 
@@ -506,8 +512,12 @@ impl ReplayCache {
             return Claim::Replayed;
         }
         let full = |s: &Seen| {
-            s.proofs.len() >= self.max
-                || s.per_user.get(user).copied().unwrap_or(0) >= self.per_user
+            let mine = s.per_user.get(user).copied().unwrap_or(0);
+            let total = s.proofs.len();
+            let fair_share = self.max / s.per_user.len().max(1);
+            mine >= self.per_user
+                || total >= self.max.saturating_mul(2)
+                || (total >= self.max && mine as usize >= fair_share)
         };
         // `!=`, not `>`: a clock stepped back must not stop the sweeps.
         if full(&seen) && now != seen.last_sweep {
@@ -666,6 +676,46 @@ mod tests {
     }
 
     #[test]
+    fn accounts_flooding_together_do_not_lock_out_a_quiet_user() {
+        // 10 accounts at their quota of 10 fill the cache's 100.
+        let cache = ReplayCache::new(100, 10);
+        let t = 1_000;
+        for a in 0..10 {
+            for j in 0..10 {
+                let user = format!("flood{a}");
+                let jti = j.to_string();
+                assert_eq!(cache.claim(&proof(&user, &jti, t), &user, t), Claim::Fresh);
+            }
+        }
+        // A quiet user still gets in, several times: it holds less than its share.
+        for j in 0..5 {
+            let jti = j.to_string();
+            assert_eq!(
+                cache.claim(&proof("quiet", &jti, t), "quiet", t),
+                Claim::Fresh
+            );
+        }
+        // New flooding accounts only get in up to their share, and the cache never
+        // passes twice its size.
+        let mut admitted = 0;
+        for a in 0..1_000 {
+            let user = format!("more{a}");
+            for j in 0..10 {
+                if cache.claim(&proof(&user, &j.to_string(), t), &user, t) == Claim::Fresh {
+                    admitted += 1;
+                }
+            }
+        }
+        let size = cache.state.lock().map(|s| s.proofs.len()).unwrap_or(0);
+        assert!(size <= 200, "{size}");
+        assert!(admitted < 100, "{admitted}");
+        assert_eq!(
+            cache.claim(&proof("quiet", "again", t), "quiet", t),
+            Claim::Full
+        );
+    }
+
+    #[test]
     fn a_full_replay_cache_refuses_new_proofs_and_forgets_no_live_one() {
         let cache = ReplayCache::new(4, 100);
         let t = 1_000;
@@ -673,9 +723,12 @@ mod tests {
             let user = format!("u{i}");
             assert_eq!(cache.claim(&proof(&user, "j", t), &user, t), Claim::Fresh);
         }
+        // Past its size, a user with less than its share (4 / 4 users) still gets in;
+        // then the share is 0.
+        assert_eq!(cache.claim(&proof("u4", "j", t), "u4", t), Claim::Fresh);
         assert_eq!(cache.claim(&proof("new", "j", t), "new", t), Claim::Full);
         // Still live: every one of them is still refused.
-        for i in 0..4 {
+        for i in 0..5 {
             let user = format!("u{i}");
             assert_eq!(
                 cache.claim(&proof(&user, "j", t), &user, t + 1),

@@ -662,6 +662,7 @@ async fn the_attack_table(backend: Backend) {
     );
     assert_eq!(audit_actions(&app, "revoke_dpop_refused").await.len(), 2);
     assert!(app.state.auth.metrics.dpop_refusals("missing") >= 5);
+    assert!(app.state.auth.metrics.audit_left_out.get() >= 10);
 
     // With the key, revocation works as for any token.
     let mine = s(&next.body, "refresh_token");

@@ -93,15 +93,6 @@ async fn guesses_from_one_address_do_not_lock_the_owner_out_elsewhere(backend: B
     assert!((1..=60).contains(&retry_after(&refused)));
     let (_, body) = json(refused).await;
     assert_eq!(s(&body, "error"), "too_many_requests");
-    // The same address written as IPv4-mapped IPv6 is the same place.
-    assert_eq!(
-        login_from(&app, "::ffff:198.51.100.7", OWNER, PASSWORD)
-            .await
-            .status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "IPv4-mapped IPv6 shares the IPv4 address's backoff"
-    );
-
     let (status, body) = json(login_from(&app, "203.0.113.9", OWNER, PASSWORD).await).await;
     assert_eq!(
         status,
@@ -109,21 +100,39 @@ async fn guesses_from_one_address_do_not_lock_the_owner_out_elsewhere(backend: B
         "the owner, from another address, logs in at once: {body}"
     );
 
+    // What one place is, at one simulated instant: the first backoff window is two
+    // seconds of the wall clock, shorter than an argon2 run on a loaded machine, so
+    // over HTTP a check that the window is still open would depend on the timing.
+    let at = tessera::http::extract::now();
+    let throttled = |result: Result<(), AuthError>| matches!(result, Err(AuthError::Throttled(_)));
+    // The same address written as IPv4-mapped IPv6 is the same place.
+    throttle_place(&app, "198.51.100.8", at).await;
+    assert!(
+        throttled(owner_login(&app, &caller("::ffff:198.51.100.8"), at).await),
+        "IPv4-mapped IPv6 shares the IPv4 address's backoff"
+    );
     // IPv6: one /64 is one place (a host there has 2^64 addresses to rotate through).
-    guess_until_throttled(&app, "2001:db8:1:2::1").await;
-    assert_eq!(
-        login_from(&app, "2001:db8:1:2:ffff:ffff:ffff:fff0", OWNER, PASSWORD)
-            .await
-            .status(),
-        StatusCode::TOO_MANY_REQUESTS,
+    throttle_place(&app, "2001:db8:1:2::1", at).await;
+    assert!(
+        throttled(owner_login(&app, &caller("2001:db8:1:2:ffff:ffff:ffff:fff0"), at).await),
         "another address in the same /64 shares the backoff"
     );
-    let (status, body) = json(login_from(&app, "2001:db8:1:3::1", OWNER, PASSWORD).await).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the next /64 is another place: {body}"
-    );
+    let next = owner_login(&app, &caller("2001:db8:1:3::1"), at).await;
+    assert!(next.is_ok(), "the next /64 is another place: {next:?}");
+}
+
+/// Wrong passwords from `ip`, all at the instant `at`, until one is refused.
+async fn throttle_place(app: &TestApp, ip: &str, at: i64) {
+    let mut actor = Actor {
+        caller: caller(ip),
+        at,
+    };
+    for _ in 0..20 {
+        if !guess(app, &mut actor).await {
+            return;
+        }
+    }
+    panic!("20 wrong passwords from {ip} were never throttled");
 }
 
 fn caller(ip: &str) -> Caller {

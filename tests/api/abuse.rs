@@ -306,7 +306,16 @@ async fn blocked(monitor: &mut sqlx::PgConnection, query: &str) -> bool {
 /// revocation feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_racing_a_disable_opens_no_session() {
-    let app = spawn_app_with(Backend::Postgres, &[("TESSERA_LOGIN_THROTTLE", "off")]).await;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("TESSERA_LOGIN_THROTTLE", "off"),
+            // The login's statement is held while the test polls and the disable runs;
+            // on a loaded machine that can outlast the default 5 s statement timeout.
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "20000"),
+        ],
+    )
+    .await;
     let (_, admin) = app.admin_session().await;
     let admin = s(&admin, "access_token");
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());

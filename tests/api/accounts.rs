@@ -51,7 +51,14 @@ async fn signup_normalises_and_rejects_bad_input(backend: Backend) {
 }
 
 async fn duplicate_email_is_409_even_when_racing(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // Every racer hashes (none sees the others' row yet), one slot at a time on a busy
+    // machine: the queue may take longer than its 2 s default, which would be a 503
+    // about the machine, not about the race.
+    let app = spawn_app_with(
+        backend,
+        &[("TESSERA_PASSWORD_HASH_QUEUE_TIMEOUT_MS", "60000")],
+    )
+    .await;
     assert_eq!(
         app.signup("carol@example.com", PASSWORD).await.0,
         StatusCode::CREATED
@@ -319,6 +326,10 @@ async fn ops_endpoints_answer(backend: Backend) {
     let app = spawn_app(backend).await;
     let (status, body) = json(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
     assert_eq!((status, s(&body, "status")), (StatusCode::OK, "ok".into()));
+    assert!(
+        app.wait_until_ready(std::time::Duration::from_secs(30))
+            .await
+    );
     let (status, body) = json(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     let want = if backend == Backend::Sqlite {

@@ -131,6 +131,7 @@ async fn admin_manages_users_and_forces_logout(backend: Backend) {
 
     // Two devices; the admin sees them and logs one out, then all.
     let (_, one) = app.login("grace@example.com", PASSWORD).await;
+    let before_two = tessera::http::extract::now();
     let (_, two) = app.login("grace@example.com", PASSWORD).await;
     let (status, sessions) = app
         .get(&format!("/v1/admin/users/{user_id}/sessions"), &token)
@@ -167,12 +168,15 @@ async fn admin_manages_users_and_forces_logout(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(revoked["revoked"], 1);
-    // RFC 3339 in UTC compares as text.
+    // RFC 3339 in UTC compares as text. The last session began (its last rotation)
+    // between `before_two` and now; its tokens live the tail past that.
+    let tail = app.state.auth.token_tail_secs();
+    assert_eq!(tail, 900 + 10 + 5, "access ttl, grace, verifier leeway");
     let now = tessera::http::extract::now();
     let effective = s(&revoked, "effective_at");
     assert!(
-        tessera::http::rfc3339(now + 912) <= effective
-            && effective <= tessera::http::rfc3339(now + 917),
+        tessera::http::rfc3339(before_two + tail) <= effective
+            && effective <= tessera::http::rfc3339(now + tail),
         "effective_at is when the last access token expires: {effective}"
     );
     assert_eq!(

@@ -90,10 +90,12 @@ async fn a_retry_after_a_stalled_commit_is_a_grace_replay() {
     let app = spawn_app_with(
         Backend::Postgres,
         &[
-            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "4000"),
+            // Room on a loaded machine: the stall below ends well inside the statement
+            // timeout, and the retry after it has the whole grace window.
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "12000"),
             ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
-            ("TESSERA_REQUEST_TIMEOUT_SECS", "8"),
-            ("TESSERA_REFRESH_GRACE_SECS", "2"),
+            ("TESSERA_REQUEST_TIMEOUT_SECS", "20"),
+            ("TESSERA_REFRESH_GRACE_SECS", "3"),
         ],
     )
     .await;
@@ -118,7 +120,7 @@ async fn a_retry_after_a_stalled_commit_is_a_grace_replay() {
         })
     };
     // Longer than the grace window, shorter than the statement timeout: the stall.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
     tx.commit().await.unwrap();
     let (status, first) = refresh.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{first}");

@@ -402,14 +402,17 @@ async fn stopping_postgres_under_load_answers_503_and_loses_nothing() {
     assert_eq!(seen.unreachable, 0, "the server itself stayed up");
     assert!(seen.unavailable > 0, "the outage was seen");
     assert_eq!(seen.unavailable_without_retry_after, 0);
+    // The bounds are the timeouts (1 s to get a connection, 2 s a statement) with room
+    // for a loaded machine, and well below the 20 s request timeout that would end a
+    // request held by a dead connection.
     assert!(
-        seen.slowest < Duration::from_secs(5),
+        seen.slowest < Duration::from_secs(8),
         "no request held past the timeout: {:?}",
         seen.slowest
     );
-    let recovered = recovered.expect("service resumed");
+    let recovered = recovered.expect("service resumed within 10 s of the restart");
     assert!(
-        recovered < Duration::from_secs(2),
+        recovered < Duration::from_secs(5),
         "resumed in {recovered:?}"
     );
     assert_newest_tokens_work(&app.base, &newest).await;

@@ -276,8 +276,13 @@ fn secret() -> String {
 /// until the returned app is dropped.
 async fn serves(url: &str) -> TestApp {
     let app = spawn_instance(url, &secret(), &[]).await;
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200, "/readyz on {url}");
+    // Polled: a readiness check has a second, which a TLS handshake on a loaded
+    // machine can take.
+    assert!(
+        app.wait_until_ready(std::time::Duration::from_secs(30))
+            .await,
+        "/readyz on {url}"
+    );
     app
 }
 

@@ -13,7 +13,10 @@ import { startServer, signUp, PASSWORD } from "./server.mjs";
 import { createTesseraClient, SessionEndedError } from "../dist/index.js";
 
 const OUT = new URL("../test-output/", import.meta.url).pathname;
-const TTL_MS = 2000;
+// Short-lived access tokens so the tests reach expiry quickly; long enough that a
+// refreshed token stays fresh to the client (3/4 of its life) through the page
+// evaluations that follow on a loaded machine.
+const TTL_MS = 4000;
 let server, demo, evil, browser, issuer, app;
 
 /** The server's count of refreshes with this outcome (ok: a rotation). */

@@ -216,6 +216,8 @@ pub struct TestApp {
     pub database_url: String,
     pub secret_key: String,
     shutdown: Option<oneshot::Sender<()>>,
+    /// The server's `run`: it ends once a shutdown has drained and finished every request.
+    pub running: tokio::task::JoinHandle<()>,
 }
 
 /// Settings every test shares; `extra` overrides them.
@@ -263,9 +265,14 @@ pub async fn spawn_instance(
     let addr = server.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
     let state = server.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
+    let running = tokio::spawn(async move {
+        let ran = server
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await;
+        ran.unwrap_or_else(|e| panic!("run: {e}"));
+    });
     TestApp {
         base: format!("http://{addr}"),
 
@@ -274,6 +281,7 @@ pub async fn spawn_instance(
         database_url: database_url.to_owned(),
         secret_key: secret_key.to_owned(),
         shutdown: Some(tx),
+        running,
     }
 }
 

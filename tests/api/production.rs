@@ -544,12 +544,28 @@ async fn a_store_outage_is_503_with_retry_after_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_turns_readiness_off_first_and_finishes_in_flight_requests() {
-    // The drain is long enough for this test's few requests to reach the listener
-    // before it closes on a loaded machine; the login in flight may still be hashing
-    // when it does, and is finished.
-    let mut app = spawn_app_with(Backend::Sqlite, &[("TESSERA_SHUTDOWN_DRAIN_SECS", "5")]).await;
+    use sqlx::Connection;
+    let mut app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_SHUTDOWN_DRAIN_SECS", "1"),
+            // The login below waits on a write lock the test holds past the drain.
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "20000"),
+            ("TESSERA_LOGIN_THROTTLE", "off"),
+        ],
+    )
+    .await;
     app.signup("late@example.com", PASSWORD).await;
-    // A login (an argon2 run) in flight while shutdown begins.
+    let hashed = sample(&metrics_text(&app).await, HASHES);
+    // The test holds SQLite's write lock: a login hashes its password, then waits to
+    // write its session, in flight until the test lets go.
+    let mut holder = sqlx::SqliteConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let in_flight = {
         let (client, url) = (app.client.clone(), app.url("/oauth/token"));
         tokio::spawn(async move {
@@ -565,6 +581,16 @@ async fn shutdown_turns_readiness_off_first_and_finishes_in_flight_requests() {
                 .map(|r| r.status())
         })
     };
+    let mut arrived = false;
+    for _ in 0..600 {
+        if sample(&metrics_text(&app).await, HASHES) > hashed {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(arrived, "the login reached the server and hashed");
+
     app.shut_down();
     let mut draining = false;
     for _ in 0..100 {
@@ -595,5 +621,30 @@ async fn shutdown_turns_readiness_off_first_and_finishes_in_flight_requests() {
         StatusCode::OK,
         "alive while draining"
     );
-    assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
+    // Past the drain the listener closes, with the login still waiting.
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut closed = false;
+    for _ in 0..600 {
+        if TcpStream::connect(&address).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the listener closed after the drain");
+    assert!(!in_flight.is_finished(), "the login is still in flight");
+    assert!(
+        !app.running.is_finished(),
+        "the server waits for the request in flight"
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        StatusCode::OK,
+        "the request in flight when the listener closed was finished"
+    );
+    tokio::time::timeout(Duration::from_secs(30), &mut app.running)
+        .await
+        .expect("the server stops once its last request is answered")
+        .unwrap();
 }

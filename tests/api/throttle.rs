@@ -439,4 +439,21 @@ async fn every_forwarded_for_line_is_read_in_order(backend: Backend) {
         list["sessions"][0]["ip"], "198.51.100.23",
         "the address the trusted proxy appended, not the forged first line: {list}"
     );
+
+    // IPv6 as it is; IPv4-mapped IPv6 as the IPv4 address it is.
+    for (forwarded, recorded) in [
+        ("::ffff:198.51.100.24", "198.51.100.24"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::1"),
+    ] {
+        let (status, tokens) = json(login_from(&app, forwarded, OWNER, PASSWORD).await).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        let (_, list) = app.get("/v1/sessions", &s(&tokens, "access_token")).await;
+        let current = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|session| session["current"] == true)
+            .unwrap_or_else(|| panic!("the current session is listed: {list}"));
+        assert_eq!(current["ip"], recorded, "forwarded for {forwarded}");
+    }
 }

@@ -5,10 +5,10 @@
 
 use reqwest::StatusCode;
 
-use tessera::auth::{AuthError, Caller, RequestClient};
+use tessera::auth::AuthError;
 
 use crate::both_stores;
-use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::helpers::{Backend, TestApp, login_at, spawn_app_with};
 
 both_stores!(unknown_email_and_wrong_password_get_the_same_answer);
 
@@ -52,27 +52,18 @@ async fn unknown_email_and_wrong_password_get_the_same_answer(backend: Backend) 
     // machine and make the two sequences differ for the clock's sake), from an address
     // of its own.
     let at = tessera::http::extract::now();
-    let caller = Caller {
-        ip: Some("192.0.2.50".into()),
-        user_agent: None,
-    };
     let mut sequences = Vec::new();
     for who in [email.as_str(), "nobody-at-all@example.com"] {
         let mut sequence = Vec::new();
         for _ in 0..8 {
-            let result = app
-                .state
-                .auth
-                .login(
-                    who,
-                    "not the password at all".into(),
-                    &RequestClient::Default,
-                    None,
-                    None,
-                    &caller,
-                    at,
-                )
-                .await;
+            let result = login_at(
+                &app.state.auth,
+                who,
+                "not the password at all",
+                "192.0.2.50",
+                at,
+            )
+            .await;
             sequence.push(match result {
                 Err(AuthError::InvalidGrant(_)) => "invalid_grant".to_owned(),
                 Err(AuthError::Throttled(secs)) => format!("throttled {secs}"),

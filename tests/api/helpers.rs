@@ -285,6 +285,32 @@ pub async fn spawn_instance(
     }
 }
 
+/// A password grant through the library, from address `ip`, at the simulated instant
+/// `at`: for rules over time (throttle windows) that must not race the wall clock.
+pub async fn login_at(
+    auth: &tessera::auth::Auth,
+    email: &str,
+    password: &str,
+    ip: &str,
+    at: i64,
+) -> Result<(), tessera::auth::AuthError> {
+    let caller = tessera::auth::Caller {
+        ip: Some(ip.to_owned()),
+        user_agent: None,
+    };
+    auth.login(
+        email,
+        password.into(),
+        &tessera::auth::RequestClient::Default,
+        None,
+        None,
+        &caller,
+        at,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// A response's status and JSON body (Null when there is none).
 pub async fn json(response: Response) -> (StatusCode, Value) {
     let status = response.status();

@@ -9,7 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::both_stores;
 use crate::helpers::{
-    Backend, PASSWORD, TestApp, fresh_database, json, s, spawn_app, spawn_app_with, spawn_instance,
+    Backend, PASSWORD, TestApp, fresh_database, json, login_at, s, spawn_app, spawn_app_with,
+    spawn_instance,
 };
 
 both_stores!(
@@ -35,31 +36,8 @@ fn sample(text: &str, series: &str) -> f64 {
 }
 
 const HASHES: &str = "tessera_argon2_queue_wait_seconds_count";
-
-/// A login through the library at the simulated instant `at`, from the address the
-/// HTTP requests of these tests come from.
-async fn login_at(
-    auth: &tessera::auth::Auth,
-    email: &str,
-    password: &str,
-    at: i64,
-) -> Result<(), tessera::auth::AuthError> {
-    let caller = tessera::auth::Caller {
-        ip: Some("127.0.0.1".into()),
-        user_agent: None,
-    };
-    auth.login(
-        email,
-        password.into(),
-        &tessera::auth::RequestClient::Default,
-        None,
-        None,
-        &caller,
-        at,
-    )
-    .await
-    .map(|_| ())
-}
+/// Where the tests' HTTP requests come from (no trusted proxy: the peer address).
+const HOME: &str = "127.0.0.1";
 
 async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
     use tessera::auth::AuthError;
@@ -70,7 +48,14 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
     // find the window over. (throttle.rs checks the HTTP 429 itself.)
     let at = tessera::http::extract::now();
     for _ in 0..5 {
-        let result = login_at(&app.state.auth, "victim@example.com", "wrong password", at).await;
+        let result = login_at(
+            &app.state.auth,
+            "victim@example.com",
+            "wrong password",
+            HOME,
+            at,
+        )
+        .await;
         assert!(
             matches!(result, Err(AuthError::InvalidGrant(_))),
             "{result:?}"
@@ -79,13 +64,20 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
     // Past five failures, an attempt must claim a backoff window (2 s for the sixth):
     // the sixth goes ahead, and the attempt after it is refused unhashed, even with the
     // right password.
-    let sixth = login_at(&app.state.auth, "victim@example.com", "wrong password", at).await;
+    let sixth = login_at(
+        &app.state.auth,
+        "victim@example.com",
+        "wrong password",
+        HOME,
+        at,
+    )
+    .await;
     assert!(
         matches!(sixth, Err(AuthError::InvalidGrant(_))),
         "{sixth:?}"
     );
     let hashed = sample(&metrics_text(&app).await, HASHES);
-    let seventh = login_at(&app.state.auth, "victim@example.com", PASSWORD, at).await;
+    let seventh = login_at(&app.state.auth, "victim@example.com", PASSWORD, HOME, at).await;
     assert!(
         matches!(seventh, Err(AuthError::Throttled(2))),
         "{seventh:?}"
@@ -110,7 +102,14 @@ async fn failed_logins_back_off_per_account_without_hashing(backend: Backend) {
         StatusCode::OK
     );
     // Past the backoff, the right password works.
-    let later = login_at(&app.state.auth, "victim@example.com", PASSWORD, at + 3).await;
+    let later = login_at(
+        &app.state.auth,
+        "victim@example.com",
+        PASSWORD,
+        HOME,
+        at + 3,
+    )
+    .await;
     assert!(later.is_ok(), "{later:?}");
     assert_eq!(
         app.login("victim@example.com", "wrong password").await.0,
@@ -146,15 +145,21 @@ async fn parallel_guesses_past_the_limit_get_one_try_per_window(backend: Backend
     // before the last racer reaches the store).
     let at = tessera::http::extract::now();
     for _ in 0..5 {
-        login_at(&app.state.auth, "target@example.com", "wrong password", at)
-            .await
-            .unwrap_err();
+        login_at(
+            &app.state.auth,
+            "target@example.com",
+            "wrong password",
+            HOME,
+            at,
+        )
+        .await
+        .unwrap_err();
     }
     let guesses = (0..8)
         .map(|_| {
             let auth = app.state.auth.clone();
             tokio::spawn(async move {
-                login_at(&auth, "target@example.com", "wrong password", at).await
+                login_at(&auth, "target@example.com", "wrong password", HOME, at).await
             })
         })
         .collect::<Vec<_>>();

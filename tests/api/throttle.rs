@@ -8,10 +8,10 @@
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::json;
-use tessera::auth::{AuthError, Caller, RequestClient};
+use tessera::auth::{AuthError, Caller};
 
 use crate::both_stores;
-use crate::helpers::{Backend, PASSWORD, TestApp, json, s, spawn_app_with};
+use crate::helpers::{Backend, PASSWORD, TestApp, json, login_at, s, spawn_app_with};
 
 both_stores!(
     guesses_from_one_address_do_not_lock_the_owner_out_elsewhere,
@@ -151,19 +151,8 @@ struct Actor {
 /// An attacker honouring Retry-After: one wrong password now; returns whether it was
 /// checked (hashed) or refused, and moves the actor to when it may try again.
 async fn guess(app: &TestApp, actor: &mut Actor) -> bool {
-    let result = app
-        .state
-        .auth
-        .login(
-            OWNER,
-            "wrong password".into(),
-            &RequestClient::Default,
-            None,
-            None,
-            &actor.caller,
-            actor.at,
-        )
-        .await;
+    let ip = actor.caller.ip.as_deref().unwrap_or_default();
+    let result = login_at(&app.state.auth, OWNER, "wrong password", ip, actor.at).await;
     match result {
         Err(AuthError::InvalidGrant(_)) => true,
         Err(AuthError::Throttled(secs)) => {
@@ -176,19 +165,8 @@ async fn guess(app: &TestApp, actor: &mut Actor) -> bool {
 }
 
 async fn owner_login(app: &TestApp, owner: &Caller, at: i64) -> Result<(), AuthError> {
-    app.state
-        .auth
-        .login(
-            OWNER,
-            PASSWORD.into(),
-            &RequestClient::Default,
-            None,
-            None,
-            owner,
-            at,
-        )
-        .await
-        .map(|_| ())
+    let ip = owner.ip.as_deref().unwrap_or_default();
+    login_at(&app.state.auth, OWNER, PASSWORD, ip, at).await
 }
 
 async fn two_minutes_of_guessing_at_the_limit_never_keep_the_owner_out(backend: Backend) {

@@ -1,0 +1,1 @@
+//! Issue 18 regression tests: slow_clients.

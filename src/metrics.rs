@@ -81,6 +81,8 @@ pub struct Metrics {
     dpop_refused: Family<Reason, Counter>,
     /// Security events left out of the audit log as repeats (see `auth::dpop`).
     pub audit_left_out: Counter,
+    /// Readiness checks that reached the store (not `/readyz` requests: those share them).
+    pub readiness_checks: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +113,12 @@ impl Metrics {
         let pruned = Family::<Table, Counter>::default();
         let dpop_refused = Family::<Reason, Counter>::default();
         let audit_left_out = Counter::default();
+        let readiness_checks = Counter::default();
+        registry.register(
+            "readiness_checks",
+            "Readiness writes sent to the store (probes share them)",
+            readiness_checks.clone(),
+        );
         registry.register(
             "audit_rows_left_out",
             "Repeated security events counted but not written to the audit log",
@@ -181,6 +189,7 @@ impl Metrics {
             pruned,
             dpop_refused,
             audit_left_out,
+            readiness_checks,
         }
     }
 

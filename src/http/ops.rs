@@ -42,6 +42,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
         return Err(ApiError::unavailable(5));
     }
     let store = &state.auth.store;
+    state.auth.metrics.readiness_checks.inc();
     match tokio::time::timeout(READY_WITHIN, store.ready(super::extract::now())).await {
         Ok(Ok(())) => Ok(Json(json!({"status": "ok", "store": store.backend()}))),
         Ok(Err(e)) => {

@@ -68,6 +68,7 @@ pub struct Config {
     pub metrics_token: SecretString,
     pub log_format: String,
     pub shutdown_drain_secs: u32,
+    pub readiness_cache_ms: u32,
     pub revocation_streams_per_client: u32,
     pub revocation_streams_max: u32,
     pub revocation_resync_secs: u32,

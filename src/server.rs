@@ -198,8 +198,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         batch: i64::from(config.janitor_batch),
         pause: Duration::from_millis(20),
     };
+    let readiness = http::Readiness::new(
+        store.clone(),
+        metrics.clone(),
+        Duration::from_millis(u64::from(config.readiness_cache_ms)),
+    );
     Ok(AppState {
         feed,
+        readiness,
         auth: Arc::new(Auth::new(AuthParts {
             janitor,
             store,

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod feed;
 mod oauth;
 pub mod openapi;
+mod hygiene;
 mod ops;
 mod services;
 mod wellknown;
@@ -25,6 +26,7 @@ use crate::auth::Auth;
 use crate::store::Session;
 
 pub use error::ApiError;
+pub use ops::Readiness;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +38,8 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// Set on shutdown: readiness answers 503 while in-flight requests finish.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The store's readiness, checked once for all `/readyz` callers.
+    pub readiness: Arc<Readiness>,
     /// The revocation feed's one reader and its streams.
     pub feed: Arc<feed::FeedHub>,
     /// The refresh cookie and its CSRF rule.
@@ -64,9 +68,13 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     let request_id = header::HeaderName::from_static("x-request-id");
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+            // Plain by now (`hygiene::plain_request_ids`). Values recorded as `&str` are
+            // quoted and escaped in text logs, so no caller can add fields of their own.
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            // The path only: a query string is the client's to keep out of our logs.
-            tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+            // The path only (a query string is the client's to keep out of our logs),
+            // and not 64 KiB of it.
+            let path = hygiene::bounded(request.uri().path(), hygiene::MAX_LOGGED_PATH);
+            tracing::info_span!("request", request_id = id, method = request.method().as_str(), path = &*path)
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let request_timeout = settings.request_timeout;
@@ -78,7 +86,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(wellknown::router())
         .merge(ops::router())
         .merge(if settings.serve_metrics {
-            ops::metrics_router()
+            ops::metrics_router(true)
         } else {
             Router::new()
         })
@@ -104,12 +112,18 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         app = app.layer(cors(&settings.cors_origins));
     }
     let max_header_bytes = settings.max_header_bytes;
+    let https = state.issuer.starts_with("https://");
     app.layer(axum::middleware::from_fn(move |req, next| {
         ops::limit_headers(max_header_bytes, req, next)
     }))
     .layer(PropagateRequestIdLayer::new(request_id.clone()))
     .layer(trace)
     .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+    .layer(axum::middleware::map_request(hygiene::plain_request_ids))
+    // Outermost: every answer, refusals by the layers above included.
+    .layer(axum::middleware::map_response(move |r| async move {
+        hygiene::security_headers(https, r)
+    }))
     .layer(SetSensitiveRequestHeadersLayer::new([
         header::AUTHORIZATION,
         header::COOKIE,
@@ -122,8 +136,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 
 /// The metrics listener: `/metrics` alone, reachable only where the operator bound it.
 pub fn metrics_router(state: AppState) -> Router {
-    ops::metrics_router()
+    ops::metrics_router(false)
         .fallback(|| async { ApiError::not_found() })
+        .layer(axum::middleware::map_response(|r| async move {
+            hygiene::security_headers(false, r)
+        }))
         .with_state(state)
 }
 

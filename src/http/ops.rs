@@ -6,8 +6,13 @@ use axum::extract::State;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{StatusCode, header};
+use tokio::sync::watch;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -22,8 +27,18 @@ pub fn router() -> Router<AppState> {
 
 /// Not merged into the main router when that listener is open to the network without a
 /// token: metrics then have their own loopback listener.
-pub fn metrics_router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+/// `public`: the main listener, where without a token only requests from this machine
+/// (not through a proxy) are answered; the metrics listener is where the operator put it.
+pub fn metrics_router(public: bool) -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .layer(axum::Extension(MetricsListener { public }))
+}
+
+/// Which listener a `/metrics` request came in on (see `metrics_router`).
+#[derive(Clone, Copy)]
+struct MetricsListener {
+    public: bool,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is up")))]
@@ -36,32 +51,143 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Ready when a write to the store commits (a read-only failover target or a full disk
 /// is not ready), within a second, and not shutting down.
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "A write to the store commits"), (status = 503, description = "Store unavailable, read-only or full; or shutting down (Retry-After)", body = crate::http::error::Body)))]
+#[utoipa::path(get, path = "/readyz", tag = "ops", description = "Checks are shared: one at a time, each answer reused for TESSERA_READINESS_CACHE_MS.", responses((status = 200, description = "A write to the store commits"), (status = 503, description = "Store unavailable, read-only or full; or shutting down (Retry-After)", body = crate::http::error::Body)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::unavailable(5));
     }
-    let store = &state.auth.store;
-    state.auth.metrics.readiness_checks.inc();
-    match tokio::time::timeout(READY_WITHIN, store.ready(super::extract::now())).await {
-        Ok(Ok(())) => Ok(Json(json!({"status": "ok", "store": store.backend()}))),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::unavailable(2))
-        }
-        Err(_) => {
-            tracing::warn!("readiness check timed out");
-            Err(ApiError::unavailable(2))
-        }
+    if state.readiness.check().await {
+        Ok(Json(
+            json!({"status": "ok", "store": state.auth.store.backend()}),
+        ))
+    } else {
+        Err(ApiError::unavailable(2))
     }
 }
 
+/// The store's readiness, checked once for every caller: anyone can reach `/readyz`,
+/// and each check is a database write over one dedicated connection, so callers must
+/// not be able to turn their request rate into writes (a flood would queue the
+/// orchestrator's own probe past its deadline, and the instance would look down).
+/// One check runs at a time, on a task of its own (a caller hanging up does not cancel
+/// it); callers meanwhile wait for its result, which is then reused for `cache_for`.
+pub struct Readiness {
+    store: Arc<dyn crate::store::Store>,
+    metrics: Arc<crate::metrics::Metrics>,
+    cache_for: Duration,
+    inner: std::sync::Mutex<ReadinessInner>,
+}
+
+#[derive(Default)]
+struct ReadinessInner {
+    /// When the last check ended, and whether the store was ready.
+    last: Option<(Instant, bool)>,
+    /// The check under way: its result, once there is one.
+    running: Option<watch::Receiver<Option<bool>>>,
+}
+
+impl Readiness {
+    pub fn new(
+        store: Arc<dyn crate::store::Store>,
+        metrics: Arc<crate::metrics::Metrics>,
+        cache_for: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            metrics,
+            cache_for,
+            inner: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Whether the store is ready: the recent result, or that of the check under way
+    /// (started here if there is none).
+    pub async fn check(self: &Arc<Self>) -> bool {
+        let mut result = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, ready)) = inner.last
+                && at.elapsed() < self.cache_for
+            {
+                return ready;
+            }
+            match &inner.running {
+                // A check whose task is gone (it cannot be, short of a panic) is not
+                // waited for: a new one starts.
+                Some(running) if running.has_changed().is_ok() => running.clone(),
+                _ => {
+                    let (done, running) = watch::channel(None);
+                    inner.running = Some(running.clone());
+                    tokio::spawn(Arc::clone(self).run(done));
+                    running
+                }
+            }
+        };
+        result
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| *r)
+            .unwrap_or(false)
+    }
+
+    async fn run(self: Arc<Self>, done: watch::Sender<Option<bool>>) {
+        self.metrics.readiness_checks.inc();
+        let ready = match tokio::time::timeout(READY_WITHIN, self.store.ready(super::extract::now()))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("readiness check timed out");
+                false
+            }
+        };
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.last = Some((Instant::now(), ready));
+            inner.running = None;
+        }
+        let _ = done.send(Some(ready));
+    }
+}
+
+/// Whether a request reached this listener from this machine directly: a loopback peer,
+/// and no forwarding header. Behind a same-host proxy every outside client arrives from
+/// loopback, and such a proxy adds `X-Forwarded-For` (or `Forwarded`, `X-Real-IP`); a
+/// proxy not listed in `TESSERA_TRUSTED_PROXIES` counts too, as forwarding all the same.
+fn from_this_machine(request: &Request) -> bool {
+    let loopback_peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
+    let forwarded = request.headers().keys().any(|name| {
+        let name = name.as_str();
+        name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
+    });
+    loopback_peer && !forwarded
+}
+
 /// Prometheus text format; behind a bearer token when one is configured.
-#[utoipa::path(get, path = "/metrics", tag = "ops", description = "Prometheus text format; a bearer token if TESSERA_METRICS_TOKEN is set. On a listener that is not loopback and with no token, 404 here: metrics are then served on TESSERA_METRICS_LISTEN (loopback by default) only.", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text"), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 404, description = "Not served on this listener (see TESSERA_METRICS_LISTEN)", body = crate::http::error::Body)))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", description = "Prometheus text format; a bearer token if TESSERA_METRICS_TOKEN is set. Without a token, only requests from this machine that came through no proxy (no X-Forwarded-For, Forwarded or X-Real-IP) are answered. On a listener that is not loopback and with no token, 404 here: metrics are then served on TESSERA_METRICS_LISTEN (loopback by default) only.", responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text"), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "metrics_local_only: no token is configured and the request came through a proxy (a forwarding header) or from another machine", body = crate::http::error::Body), (status = 404, description = "Not served on this listener (see TESSERA_METRICS_LISTEN)", body = crate::http::error::Body)))]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    let public = request
+        .extensions()
+        .get::<MetricsListener>()
+        .is_none_or(|l| l.public);
+    if state.metrics_token.is_none() && public && !from_this_machine(&request) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "metrics_local_only",
+            "without TESSERA_METRICS_TOKEN, metrics are for this machine only, not through a proxy",
+        ));
+    }
     if let Some(expected) = &state.metrics_token {
         let given = headers
             .get(header::AUTHORIZATION)

@@ -7,9 +7,9 @@ pub mod client_addr;
 pub mod error;
 pub mod extract;
 pub mod feed;
+mod hygiene;
 mod oauth;
 pub mod openapi;
-mod hygiene;
 mod ops;
 mod services;
 mod wellknown;
@@ -70,11 +70,20 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
             // Plain by now (`hygiene::plain_request_ids`). Values recorded as `&str` are
             // quoted and escaped in text logs, so no caller can add fields of their own.
-            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             // The path only (a query string is the client's to keep out of our logs),
             // and not 64 KiB of it.
             let path = hygiene::bounded(request.uri().path(), hygiene::MAX_LOGGED_PATH);
-            tracing::info_span!("request", request_id = id, method = request.method().as_str(), path = &*path)
+            tracing::info_span!(
+                "request",
+                request_id = id,
+                method = request.method().as_str(),
+                path = &*path
+            )
         })
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     let request_timeout = settings.request_timeout;

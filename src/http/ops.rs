@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{StatusCode, header};
-use tokio::sync::watch;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
 
 use super::{ApiError, AppState};
 use crate::metrics::{HttpLabels, RouteLabels};
@@ -132,19 +132,19 @@ impl Readiness {
 
     async fn run(self: Arc<Self>, done: watch::Sender<Option<bool>>) {
         self.metrics.readiness_checks.inc();
-        let ready = match tokio::time::timeout(READY_WITHIN, self.store.ready(super::extract::now()))
-            .await
-        {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness check failed");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("readiness check timed out");
-                false
-            }
-        };
+        let ready =
+            match tokio::time::timeout(READY_WITHIN, self.store.ready(super::extract::now())).await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "readiness check failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("readiness check timed out");
+                    false
+                }
+            };
         {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             inner.last = Some((Instant::now(), ready));

@@ -28,13 +28,7 @@ async fn honest_probes(app: &TestApp, path: &str, n: usize) -> (Vec<StatusCode>,
     let mut took = Vec::new();
     for _ in 0..n {
         let started = Instant::now();
-        let status = app
-            .client
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = app.client.get(app.url(path)).send().await.unwrap().status();
         took.push(started.elapsed());
         statuses.push(status);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -151,7 +145,10 @@ async fn metrics_through_a_trusted_proxy_need_the_token() {
         }
         .send()
     };
-    assert_eq!(through(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        through(None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         through(Some("scrape-me")).await.unwrap().status(),
         StatusCode::OK
@@ -340,8 +337,17 @@ async fn personal_answers_are_not_cacheable_and_carry_security_headers() {
         Some("nosniff")
     );
 
-    let https = spawn_app_with(Backend::Sqlite, &[("TESSERA_ISSUER", "https://tessera.test")]).await;
-    let r = https.client.get(https.url("/healthz")).send().await.unwrap();
+    let https = spawn_app_with(
+        Backend::Sqlite,
+        &[("TESSERA_ISSUER", "https://tessera.test")],
+    )
+    .await;
+    let r = https
+        .client
+        .get(https.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         header(&r, "strict-transport-security").as_deref(),
         Some("max-age=31536000")

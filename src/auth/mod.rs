@@ -169,6 +169,8 @@ pub struct Auth {
     /// The default client's scope allow-list (config: `default_client_scopes`).
     default_client_scopes: String,
     signup_refusals: throttle::Refusals,
+    /// Places refused for presenting unknown refresh tokens, and until when.
+    refresh_refusals: throttle::Refusals,
     /// DPoP refusals audited this minute (see [`dpop::RecentEvents`]).
     dpop_events: dpop::RecentEvents,
 }
@@ -204,6 +206,7 @@ impl Auth {
             clients: clients::ClientCache::default(),
             default_client_scopes: parts.default_client_scopes,
             signup_refusals: throttle::Refusals::default(),
+            refresh_refusals: throttle::Refusals::default(),
             dpop_events: dpop::RecentEvents::default(),
             keys: RwLock::new(Arc::new(parts.keys)),
         }

@@ -53,6 +53,13 @@ impl Auth {
             dpop_jkt: dpop.map(|p| p.jkt.as_str()),
         };
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
+        // A place refused for presenting unknown tokens gets one read, no write: its
+        // own existing tokens still refresh, its guesses are answered 429.
+        if let Some(retry_after) = self.unknown_refresh_refused(caller.ip.as_deref(), now)
+            && self.store.token_state(parent.hash()).await?.is_none()
+        {
+            return Err(AuthError::Throttled(retry_after));
+        }
 
         match self
             .rotate(&parent, &presenter, dpop.map(claim_of), caller, now)
@@ -63,6 +70,8 @@ impl Auth {
             None => {}
         }
         let Some(state) = self.store.token_state(parent.hash()).await? else {
+            self.count_unknown_refresh(caller.ip.as_deref(), now)
+                .await?;
             return Err(AuthError::InvalidGrant(UNUSABLE));
         };
         let client = self.cached_client(&state.session.client_id).await?;
@@ -337,8 +346,9 @@ impl Auth {
     /// to, if that token was issued to the client asking. Unknown, malformed, spent and
     /// other clients' tokens succeed silently (§2.2): the answer says nothing about a
     /// token the caller does not own. A DPoP-bound token is revoked only with a proof
-    /// by its key (`dpop`, already checked but for replay): a copy without the key
-    /// cannot log its holder out, and its client is told (`invalid_dpop_proof`).
+    /// by its key (`dpop`, already checked but for replay, which is claimed once the
+    /// token is found): a copy without the key cannot log its holder out, and its
+    /// client is told (`invalid_dpop_proof`).
     pub async fn revoke_token(
         &self,
         raw: &str,
@@ -347,9 +357,6 @@ impl Auth {
         caller: &Caller,
         now: i64,
     ) -> Result<(), AuthError> {
-        if let Some(proof) = dpop {
-            self.claim_dpop_proof(proof).await?;
-        }
         // A public client names itself; a confidential one has proven its secret.
         let asking = match client {
             RequestClient::Authenticated(id) => id.clone(),
@@ -418,6 +425,11 @@ impl Auth {
             }
             written?;
             return Err(AuthError::InvalidDpopProof(why));
+        }
+        // The proof is remembered only now, for a token that exists and is the
+        // caller's: invented tokens leave nothing behind.
+        if let Some(proof) = dpop {
+            self.claim_dpop_proof(proof).await?;
         }
         let event = AuditEvent {
             at: now,

@@ -238,6 +238,43 @@ impl Auth {
         Ok(())
     }
 
+    /// Whether the place of `ip` is refused for presenting unknown refresh tokens
+    /// (remembered here, no store access): `Some(retry_after)` while it is.
+    pub(super) fn unknown_refresh_refused(&self, ip: Option<&str>, now: i64) -> Option<i64> {
+        let (true, Some(ip)) = (self.throttle.enabled, ip) else {
+            return None;
+        };
+        self.refresh_refusals
+            .until(&place_of(ip), now)
+            .map(|until| (until - now).max(1))
+    }
+
+    /// Counts a refresh token presented from `ip` that the store does not know (a
+    /// guess, or a forged `tsr_` token): past the place's per-minute limit (the login
+    /// limit per place), `Err(Throttled)`, and the place is remembered as refused until
+    /// its minute is over. Honest refreshes of existing tokens are never counted.
+    pub(super) async fn count_unknown_refresh(
+        &self,
+        ip: Option<&str>,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let policy = &self.throttle;
+        let (true, Some(ip)) = (policy.enabled, ip) else {
+            return Ok(());
+        };
+        let place = place_of(ip);
+        let (start, hits) = self
+            .store
+            .throttle_hit(&format!("refresh:{place}"), now, ADDRESS_WINDOW_SECS)
+            .await?;
+        if hits > policy.per_address {
+            let until = start + ADDRESS_WINDOW_SECS;
+            self.refresh_refusals.remember(place, until, now);
+            return Err(AuthError::Throttled((until - now).max(1)));
+        }
+        Ok(())
+    }
+
     async fn audit_throttle(
         &self,
         now: i64,

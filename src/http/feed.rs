@@ -152,7 +152,10 @@ impl FeedHub {
                     }
                 }
             }
-            let mut newest = None;
+            // An announcement is a wake-up and nothing more: its payload is never
+            // trusted (on PostgreSQL any role that can connect may `NOTIFY` on the
+            // channel), and what streams get is read from the table.
+            let mut woken = false;
             tokio::select! {
                 _ = closed.changed() => return,
                 () = tokio::time::sleep(self.resync) => {}
@@ -160,8 +163,7 @@ impl FeedHub {
                     let mut received = Some(received);
                     while let Some(r) = received.take() {
                         match r {
-                            Ok(r) => newest = newest.max(Some(r.seq)),
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => woken = true,
                             Err(broadcast::error::RecvError::Closed) => {
                                 announced = self.store.subscribe_revocations();
                                 break;
@@ -179,13 +181,27 @@ impl FeedHub {
                 continue;
             }
             // With no stream open there is nobody to read for: a stream that opens later
-            // reads its own backlog, so the reader only moves its position along (every
-            // row up to an announced `seq` is committed: the feed's order is commit order).
+            // reads its own backlog, so the reader only moves its position to the
+            // table's end (every row up to it is committed: the feed's order is commit
+            // order), as the table says, not as the announcement does. The end is read
+            // before the streams are counted: a stream that opens after the count reads
+            // its backlog after the end was read, so it sees every row skipped here.
             if self.batches.receiver_count() == 0 {
-                if let Some(seq) = newest {
-                    self.read_up_to.fetch_max(seq, Ordering::AcqRel);
+                if !woken {
+                    continue;
                 }
-                continue;
+                match self.store.revocations_max_seq().await {
+                    Ok(max) if self.batches.receiver_count() == 0 => {
+                        self.read_up_to.fetch_max(max, Ordering::AcqRel);
+                        continue;
+                    }
+                    // A stream opened meanwhile: read for it.
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the revocation feed's end failed");
+                        continue;
+                    }
+                }
             }
             self.read_to_end().await;
         }

@@ -602,6 +602,11 @@ macro_rules! migrations {
                 "dpop",
                 include_str!(concat!("../../migrations/", $backend, "/0013_dpop.sql")),
             ),
+            (
+                16,
+                "locks",
+                include_str!(concat!("../../migrations/", $backend, "/0016_locks.sql")),
+            ),
         ]
     };
 }

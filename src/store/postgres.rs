@@ -101,14 +101,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// `BIGSERIAL` numbers rows at insert, not at commit; holding this lock from the
+    /// `BIGSERIAL` numbers rows at insert, not at commit; holding this row lock from the
     /// insert to the commit makes the feed's order its commit order, so a reader that
     /// has seen `seq` N has seen every committed row below it.
     async fn lock_feed(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_xact_lock(7365822)")
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
+        lock_row(conn, "revocation_feed").await
     }
 
     /// Nothing to do after commit: our own listener hears the notification too.
@@ -136,6 +133,48 @@ async fn relay(mut listener: PgListener, feed: broadcast::Sender<Revocation>) {
     }
 }
 
+/// Takes the row lock `name` in `locks` until the transaction ends, waiting for it.
+/// Row locks, not advisory ones: a role without UPDATE on Tessera's tables cannot take
+/// them (advisory keys are shared by every role that can connect).
+async fn lock_row(conn: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT name FROM locks WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol(format!("lock row {name:?} is missing")))?;
+    Ok(())
+}
+
+/// Takes the row lock `name` if it is free: `false` when another transaction holds it.
+async fn try_lock_row(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT name FROM locks WHERE name = $1 FOR UPDATE SKIP LOCKED")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Whether every embedded migration is applied, as recorded by sqlx, with the same
+/// checksum (reads only: any role with SELECT on `_sqlx_migrations` can tell).
+async fn up_to_date(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    let applied: std::collections::HashMap<i64, Vec<u8>> = applied.into_iter().collect();
+    Ok(migrator().iter().all(|m| {
+        applied
+            .get(&m.version)
+            .is_some_and(|c| c[..] == m.checksum[..])
+    }))
+}
+
 fn migrator() -> Migrator {
     super::migrator(&super::migrations!("postgres"))
 }
@@ -146,7 +185,8 @@ fn migrator() -> Migrator {
 /// and the DPoP rules hold (a session bound to a key rotates only with a proof by it,
 /// `$11`; a client requiring DPoP only with some proof); insert the successor; touch
 /// the session. The request's DPoP proof (`$12`, until `$13`) is remembered in the same
-/// statement, and nothing is spent if it was seen before. One statement, one round trip,
+/// statement, only if the token exists (an invented token leaves no row), and nothing
+/// is spent if it was seen before. One statement, one round trip,
 /// and always one row: whether the proof was fresh, and the rotation if there was one.
 /// Concurrent callers queue on the parent's row lock; after the winner commits, the
 /// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
@@ -157,6 +197,7 @@ const ROTATE: &str = "
 WITH proof AS (
     INSERT INTO dpop_proofs (key, expires_at)
     SELECT $12, $13 WHERE $12::bytea IS NOT NULL
+       AND EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)
     ON CONFLICT DO NOTHING
     RETURNING key
 ), spent AS (
@@ -185,7 +226,8 @@ WITH proof AS (
      WHERE sessions.id = spent.session_id AND sessions.revoked_at IS NULL
     RETURNING sessions.id
 )
-SELECT ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)) AS proof_fresh, r.*
+SELECT ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)
+        OR NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)) AS proof_fresh, r.*
   FROM (SELECT 1) AS one LEFT JOIN (
        SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
          FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id
@@ -229,6 +271,11 @@ impl super::Store for PgStore {
 
     fn migrate(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
+            // Nothing to do (the usual start-up): no lock, no DDL, so a runtime role
+            // without CREATE on the schema starts once the owner has migrated.
+            if up_to_date(&self.pool).await? {
+                return Ok(());
+            }
             // On a connection of its own with no statement timeout: a migration that
             // builds an index on a large table must not be cancelled. The connection is
             // closed afterwards (freeing the lock below), not returned to the pool.
@@ -261,11 +308,9 @@ impl super::Store for PgStore {
     fn insert_first_signing_key<'a>(&'a self, key: &'a StoredKey) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             // READ COMMITTED lets two `INSERT .. WHERE NOT EXISTS` both succeed; the
-            // advisory lock makes instances starting together take turns.
+            // row lock makes instances starting together take turns.
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7365821)")
-                .execute(&mut *tx)
-                .await?;
+            lock_row(&mut tx, "signing_keys").await?;
             let inserted = insert_key_if_none(&mut *tx, key).await?;
             tx.commit().await?;
             Ok(inserted)
@@ -275,9 +320,7 @@ impl super::Store for PgStore {
     fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7365821)")
-                .execute(&mut *tx)
-                .await?;
+            lock_row(&mut tx, "signing_keys").await?;
             let added = rotate_keys_in(&mut tx, rotation).await?;
             tx.commit().await?;
             Ok(added)
@@ -358,10 +401,7 @@ impl super::Store for PgStore {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
             // One instance prunes at a time; the others skip this round.
-            let (ours,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock(7365823)")
-                .fetch_one(&mut *tx)
-                .await?;
-            if !ours {
+            if !try_lock_row(&mut tx, "janitor").await? {
                 return Ok(None);
             }
             let deleted = sqlx::query(what.delete_batch_sql())

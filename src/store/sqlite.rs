@@ -190,12 +190,12 @@ impl super::Store for SqliteStore {
     /// SQLite has no data-modifying CTEs; the same rules run as one write transaction
     /// that begins with the conditional spend, so the write lock picks the winner. The
     /// scope check (SQLite has no arrays) runs here, before commit. The DPoP proof is
-    /// remembered first, in a statement of its own (it stays remembered whatever the
-    /// rotation then does, as on PostgreSQL).
+    /// remembered first, in a statement of its own and only if the token exists (it
+    /// stays remembered whatever the rotation then does, as on PostgreSQL).
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
             if let Some(claim) = r.proof
-                && !super::Store::claim_proof(self, claim).await?
+                && !claim_proof_of_token(&self.pool, claim, r.parent).await?
             {
                 return Ok(Rotate::ProofReplayed);
             }
@@ -379,4 +379,33 @@ impl super::Store for SqliteStore {
     }
 
     super::shared::queries!();
+}
+
+/// Remembers a rotation's DPoP proof only if the token it comes with exists, so an
+/// invented token leaves no row: `false` only when the token exists and the proof was
+/// seen before. Only a replay or an unknown token costs the second read.
+async fn claim_proof_of_token(
+    pool: &sqlx::SqlitePool,
+    claim: super::ProofClaim,
+    token: crate::tokens::refresh::TokenHash,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO dpop_proofs (key, expires_at) SELECT $1, $2 \
+         WHERE EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(&claim.key[..])
+    .bind(claim.expires_at)
+    .bind(&token.0[..])
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if claimed == 1 {
+        return Ok(true);
+    }
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)")
+            .bind(&token.0[..])
+            .fetch_one(pool)
+            .await?;
+    Ok(!known)
 }

@@ -73,6 +73,70 @@ impl SqliteStore {
             let _ = self.feed.send(r);
         }
     }
+
+    /// A login's session, first token and audit event, and with a cap the end of the
+    /// user's oldest sessions beyond it: `None` when the user is disabled or gone.
+    async fn open_session(
+        &self,
+        s: &super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &super::AuditEvent,
+        cap: Option<super::SessionCap>,
+    ) -> Result<Option<Vec<super::Session>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let created = super::shared::bind_session!(
+            sqlx::query(concat!(
+                "INSERT INTO sessions (",
+                super::shared::session_cols!(),
+                ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
+                 (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
+            )),
+            s
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&first_token.0[..])
+        .bind(s.id)
+        .bind(s.created_at)
+        .bind(token_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, event).await?;
+        let Some(cap) = cap else {
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        };
+        let ended = sqlx::query(super::session_limits::REVOKE_BEYOND_CAP)
+            .bind(s.created_at)
+            .bind(s.user_id)
+            .bind(cap.max_live.max(1))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(session_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut revocations = Vec::new();
+        if !ended.is_empty() {
+            insert_audit(&mut *tx, &super::session_limits::cap_event(event, &ended)).await?;
+            self.lock_feed(&mut tx).await?;
+            revocations =
+                record_revocations(&mut tx, &ended, s.created_at, cap.token_tail_secs).await?;
+            self.announce(&mut tx, &revocations).await?;
+        }
+        tx.commit().await?;
+        self.announced(revocations);
+        Ok(Some(ended))
+    }
 }
 
 /// Creates the data folder, readable by this user alone (0700), if it is missing. A
@@ -290,36 +354,27 @@ impl super::Store for SqliteStore {
         event: &'a super::AuditEvent,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            let created = super::shared::bind_session!(
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    super::shared::session_cols!(),
-                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
-                     (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
-                )),
-                s
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !created {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&first_token.0[..])
-            .bind(s.id)
-            .bind(s.created_at)
-            .bind(token_expires_at)
-            .execute(&mut *tx)
-            .await?;
-            insert_audit(&mut *tx, event).await?;
-            tx.commit().await?;
-            Ok(true)
+            let created = self
+                .open_session(s, first_token, token_expires_at, event, None)
+                .await?;
+            Ok(created.is_some())
+        })
+    }
+
+    /// The same transaction, counting the user's live sessions after the insert: the
+    /// write lock taken by the insert orders it against every other login.
+    fn create_capped_session<'a>(
+        &'a self,
+        s: &'a super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &'a super::AuditEvent,
+        cap: super::SessionCap,
+    ) -> StoreFuture<'a, Option<Vec<super::Session>>> {
+        Box::pin(async move {
+            Ok(self
+                .open_session(s, first_token, token_expires_at, event, Some(cap))
+                .await?)
         })
     }
 

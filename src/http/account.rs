@@ -115,23 +115,19 @@ impl SessionPageQuery {
                     )
                 })?,
         };
-        let cursor = match (self.cursor.as_deref(), self.after.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
-                    "give cursor or after, not both",
-                ));
-            }
-            (Some(raw), None) | (None, Some(raw)) => {
-                Some(SessionCursor::parse(raw).ok_or_else(|| {
+        let cursor = self
+            .cursor
+            .as_deref()
+            .or(self.after.as_deref())
+            .map(|raw| {
+                SessionCursor::parse(raw).ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_cursor",
                         "cursor must be the next_cursor of a previous page",
                     )
-                })?)
-            }
-            (None, None) => None,
-        };
+                })
+            })
+            .transpose()?;
         Ok((limit, cursor))
     }
 }
@@ -162,7 +158,7 @@ pub(crate) async fn session_page(
 }
 
 #[utoipa::path(get, path = "/v1/sessions", tag = "account", security(("bearer" = [])),
-    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, description = "Another name for cursor")),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "Another name for cursor (cursor wins when both are given)")),
     responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn sessions(
     State(state): State<AppState>,

@@ -189,7 +189,7 @@ pub(crate) struct SessionList {
 }
 
 #[utoipa::path(get, path = "/v1/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "User id"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, description = "Another name for cursor")),
+    params(("id" = uuid::Uuid, Path, description = "User id"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "Another name for cursor (cursor wins when both are given)")),
     responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn user_sessions(
     State(state): State<AppState>,

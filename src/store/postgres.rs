@@ -111,6 +111,11 @@ impl PgStore {
         Ok(())
     }
 
+    /// Row locks queue fairly on PostgreSQL: revocation batches need no turns.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
     /// Nothing to do after commit: our own listener hears the notification too.
     fn announced(&self, _: Vec<Revocation>) {}
 }

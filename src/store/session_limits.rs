@@ -116,9 +116,17 @@ impl SessionCursor {
         }
     }
 
+    /// Exactly the written form, as the OpenAPI document's pattern says: 1 to 18
+    /// digits, a dot, a lower-case hyphenated UUID. Nothing else is accepted, so input
+    /// off the documented schema is refused.
     pub fn parse(text: &str) -> Option<Self> {
         let (at, id) = text.split_once('.')?;
-        if at.is_empty() || at.len() > 20 || !at.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let groups: Vec<&str> = id.split('-').collect();
+        let shaped =
+            groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && groups.iter().all(|g| hex(g));
+        if at.len() > 18 || !digits(at) || !shaped {
             return None;
         }
         Some(Self {

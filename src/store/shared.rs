@@ -320,6 +320,7 @@ macro_rules! queries {
             token_tail_secs: i64,
         ) -> crate::store::StoreFuture<'a, bool> {
             Box::pin(async move {
+                let mut turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let found = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 RETURNING id")
                     .bind(disabled_at)
@@ -360,10 +361,12 @@ macro_rules! queries {
                     let revocations = record_revocations(&mut tx, &ended, now, token_tail_secs).await?;
                     self.announce(&mut tx, &revocations).await?;
                     tx.commit().await?;
+                    drop(turn);
                     self.announced(revocations);
                     if !full {
                         return Ok(true);
                     }
+                    turn = self.write_turn().await;
                     tx = self.pool.begin().await?;
                     ended = sqlx::query(crate::store::session_limits::REVOKE_DISABLED_BATCH)
                         .bind(now)
@@ -535,6 +538,7 @@ macro_rules! queries {
                             .bind(Some(keep))
                             .bind(batch),
                     };
+                    let turn = self.write_turn().await;
                     let mut tx = self.pool.begin().await?;
                     let rows = query.fetch_all(&mut *tx).await?;
                     let revoked: Vec<crate::store::Session> =
@@ -548,6 +552,7 @@ macro_rules! queries {
                     let revocations = record_revocations(&mut tx, &revoked, event.at, token_tail_secs).await?;
                     self.announce(&mut tx, &revocations).await?;
                     tx.commit().await?;
+                    drop(turn);
                     self.announced(revocations);
                     let more = matches!(target, Revoke::User(_) | Revoke::UserExcept(..))
                         && revoked.len() as i64 == batch;

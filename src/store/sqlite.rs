@@ -25,6 +25,11 @@ pub struct SqliteStore {
     /// One connection for readiness checks, apart from the request pool.
     probe: SqlitePool,
     feed: broadcast::Sender<Revocation>,
+    /// Turns at the write lock for refreshes and revocation batches. SQLite's busy
+    /// handler retries on a growing sleep (up to 100 ms), so a writer that starts its
+    /// next batch at once would win against every sleeping refresh; queued here, in
+    /// order, a refresh waits for one batch at most.
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A readiness write waits at most this long for SQLite's write lock.
@@ -51,7 +56,12 @@ impl SqliteStore {
             .max_connections(1)
             .connect_lazy_with(options.busy_timeout(PROBE_WAIT));
         let (feed, _) = broadcast::channel(1024);
-        Ok(Self { pool, probe, feed })
+        Ok(Self {
+            pool,
+            probe,
+            feed,
+            writers: Default::default(),
+        })
     }
 
     /// One instance per file: announcements go out in-process, after commit.
@@ -66,6 +76,11 @@ impl SqliteStore {
     /// SQLite has one writer: commit order is already the feed's order.
     async fn lock_feed(&self, _: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
         Ok(())
+    }
+
+    /// A turn at the write lock, in order with refreshes (see `writers`).
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.writers.lock().await)
     }
 
     fn announced(&self, revocations: Vec<Revocation>) {
@@ -258,6 +273,7 @@ impl super::Store for SqliteStore {
     /// rotation then does, as on PostgreSQL).
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             if let Some(claim) = r.proof
                 && !super::Store::claim_proof(self, claim).await?
             {

@@ -44,6 +44,7 @@ pub struct Config {
     pub refresh_grace_secs: u32,
     pub refresh_grace_max_replays: u32,
     pub signup_enabled: bool,
+    pub max_sessions_per_user: u32,
     pub secret_key: SecretString,
     pub signing_alg: String,
     pub allow_hs256: bool,
@@ -176,6 +177,7 @@ impl Config {
             ),
             ("janitor_batch", self.janitor_batch),
             ("audit_retention_days", self.audit_retention_days),
+            ("max_sessions_per_user", self.max_sessions_per_user),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -182,6 +182,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         refresh_grace: i64::from(config.refresh_grace_secs),
         refresh_grace_max_replays: i64::from(config.refresh_grace_max_replays),
         signup_enabled: config.signup_enabled,
+        max_sessions_per_user: i64::from(config.max_sessions_per_user),
     };
     let feed = crate::http::feed::FeedHub::new(
         store.clone(),

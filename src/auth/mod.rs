@@ -114,6 +114,8 @@ pub struct Policy {
     pub refresh_grace: i64,
     pub refresh_grace_max_replays: i64,
     pub signup_enabled: bool,
+    /// Live sessions one user may hold; a login beyond it ends the oldest.
+    pub max_sessions_per_user: i64,
 }
 
 /// The client a token request speaks for.
@@ -379,15 +381,28 @@ impl Auth {
             detail: serde_json::json!({"client_id": client_id, "dpop_jkt": session.dpop_jkt}),
             ..AuditEvent::default()
         };
+        let cap = crate::store::SessionCap {
+            max_live: self.policy.max_sessions_per_user,
+            token_tail_secs: self.token_tail_secs(),
+        };
         let created = self
             .store
-            .create_session(&session, refresh_token.hash(), token_expires_at, &event)
+            .create_capped_session(
+                &session,
+                refresh_token.hash(),
+                token_expires_at,
+                &event,
+                cap,
+            )
             .await?;
-        if !created {
+        let Some(ended) = created else {
             // An admin disabled the user while the password was being checked.
             return self
                 .login_failed(Some(user.id), "user_disabled", &client_id, caller, now)
                 .await;
+        };
+        if !ended.is_empty() {
+            self.metrics.revoked("session_limit", ended.len());
         }
         self.metrics.login(LoginOutcome::ok);
         self.login_succeeded(&user.email, caller.ip.as_deref())

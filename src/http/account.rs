@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::extract::{Access, ClientInfo, JsonBody, PathId, QueryParams, now};
 use super::{ApiError, AppState, SessionView, rfc3339};
 use crate::auth::{AuthError, LogoutScope};
+use crate::store::SessionCursor;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -83,27 +84,94 @@ pub(crate) async fn me(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SessionList {
     sessions: Vec<SessionView>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/sessions", tag = "account", security(("bearer" = [])),
-    responses((status = 200, body = SessionList), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
-pub(crate) async fn sessions(
-    State(state): State<AppState>,
-    Access(access): Access,
-) -> Result<Json<SessionList>, ApiError> {
-    let t = now();
-    let (claims, _) = state.auth.live_claims(access, t).await?;
+/// `limit` and `cursor` (or its alias `after`) of a session list.
+#[derive(Deserialize)]
+pub(crate) struct SessionPageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    after: Option<String>,
+}
+
+const SESSIONS_DEFAULT_LIMIT: i64 = 50;
+const SESSIONS_MAX_LIMIT: i64 = 200;
+
+impl SessionPageQuery {
+    /// The page asked for: a limit of 1 to 200 (default 50) and the cursor, if any.
+    fn page(&self) -> Result<(i64, Option<SessionCursor>), ApiError> {
+        let limit = match self.limit.as_deref() {
+            None => SESSIONS_DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=SESSIONS_MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("limit must be 1 to {SESSIONS_MAX_LIMIT}"),
+                    )
+                })?,
+        };
+        let cursor = self
+            .cursor
+            .as_deref()
+            .or(self.after.as_deref())
+            .map(|raw| {
+                SessionCursor::parse(raw).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "cursor must be the next_cursor of a previous page",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok((limit, cursor))
+    }
+}
+
+/// One page of a user's live sessions, newest first; `current` marks `current`.
+pub(crate) async fn session_page(
+    state: &AppState,
+    user_id: uuid::Uuid,
+    query: &SessionPageQuery,
+    current: Option<uuid::Uuid>,
+    at: i64,
+) -> Result<(Vec<SessionView>, Option<String>), ApiError> {
+    let (limit, after) = query.page()?;
     let list = state
         .auth
         .store
-        .live_sessions(claims.sub, t)
+        .live_sessions_page(user_id, at, after, limit)
         .await
         .map_err(AuthError::from)?;
+    let next = (list.len() as i64 == limit)
+        .then(|| list.last().map(|s| SessionCursor::of(s).to_string()))
+        .flatten();
+    let views = list
+        .into_iter()
+        .map(|s| SessionView::new(s, current))
+        .collect();
+    Ok((views, next))
+}
+
+#[utoipa::path(get, path = "/v1/sessions", tag = "account", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "Another name for cursor (cursor wins when both are given)")),
+    responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
+pub(crate) async fn sessions(
+    State(state): State<AppState>,
+    Access(access): Access,
+    QueryParams(query): QueryParams<SessionPageQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let t = now();
+    let (claims, _) = state.auth.live_claims(access, t).await?;
+    let (sessions, next_cursor) =
+        session_page(&state, claims.sub, &query, Some(claims.sid), t).await?;
     Ok(Json(SessionList {
-        sessions: list
-            .into_iter()
-            .map(|s| SessionView::new(s, Some(claims.sid)))
-            .collect(),
+        sessions,
+        next_cursor,
     }))
 }
 

@@ -184,30 +184,26 @@ pub(crate) async fn list_users(
 #[schema(as = AdminSessionList)]
 pub(crate) struct SessionList {
     sessions: Vec<SessionView>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
-    params(("id" = uuid::Uuid, Path, description = "User id")),
+    params(("id" = uuid::Uuid, Path, description = "User id"), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50"), ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "next_cursor of the previous page (invalid_cursor if it is not one)"), ("after" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "Another name for cursor (cursor wins when both are given)")),
     responses((status = 200, body = SessionList), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body), (status = 403, description = "Not an admin", body = crate::http::error::Body), (status = 404, description = "No such resource", body = crate::http::error::Body)))]
 pub(crate) async fn user_sessions(
     State(state): State<AppState>,
     Access(access): Access,
     PathId(id): PathId,
+    QueryParams(query): QueryParams<super::account::SessionPageQuery>,
 ) -> Result<Json<SessionList>, ApiError> {
     let t = now();
     state.auth.admin_claims(access, t).await?;
     state.auth.existing_user(id).await?;
-    let list = state
-        .auth
-        .store
-        .live_sessions(id, t)
-        .await
-        .map_err(AuthError::from)?;
+    let (sessions, next_cursor) = super::account::session_page(&state, id, &query, None, t).await?;
     Ok(Json(SessionList {
-        sessions: list
-            .into_iter()
-            .map(|s| SessionView::new(s, None))
-            .collect(),
+        sessions,
+        next_cursor,
     }))
 }
 

@@ -7,6 +7,7 @@ mod clients;
 mod lifecycle;
 mod pg_tls;
 mod postgres;
+mod session_limits;
 mod shared;
 mod sqlite;
 
@@ -20,6 +21,7 @@ use crate::tokens::keys::StoredKey;
 use crate::tokens::refresh::TokenHash;
 
 pub use postgres::PgStore;
+pub use session_limits::{REVOKE_BATCH, SessionCap, SessionCursor};
 pub use sqlite::{SqliteStore, create_data_dir, sqlite_path};
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -396,6 +398,20 @@ pub trait Store: Send + Sync + 'static {
         token_expires_at: i64,
         event: &'a AuditEvent,
     ) -> StoreFuture<'a, bool>;
+    /// A login's session, as `create_session`, and in the same transaction the end of
+    /// the user's oldest live sessions beyond `cap.max_live` (the new one stays),
+    /// through the feed, with a `session_revoked` event (reason `session_limit`). Logins
+    /// of one user are serialized (the user's row lock; SQLite's one writer), so
+    /// parallel logins never leave more than the cap. `None`, and nothing written, when
+    /// the user was disabled or deleted meanwhile; else the sessions the cap ended.
+    fn create_capped_session<'a>(
+        &'a self,
+        session: &'a Session,
+        first_token: TokenHash,
+        token_expires_at: i64,
+        event: &'a AuditEvent,
+        cap: SessionCap,
+    ) -> StoreFuture<'a, Option<Vec<Session>>>;
     /// Spends `parent` and issues the successor in one statement: `Refused` when the
     /// parent is not spendable (unknown, spent, expired, revoked session, disabled user,
     /// another client's, a confidential client's without its authentication, a scope
@@ -417,11 +433,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, bool>;
     fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;
     fn live_sessions(&self, user_id: Uuid, now: i64) -> StoreFuture<'_, Vec<Session>>;
+    /// At most `limit` live sessions of the user, newest first, after `after`.
+    fn live_sessions_page(
+        &self,
+        user_id: Uuid,
+        now: i64,
+        after: Option<SessionCursor>,
+        limit: i64,
+    ) -> StoreFuture<'_, Vec<Session>>;
     /// The session's user if the session is live and the user enabled: the live check
     /// behind account and admin routes.
     fn live_user(&self, session_id: Uuid, now: i64) -> StoreFuture<'_, Option<User>>;
     /// Ends the selected live sessions and adds them to the revocation feed, their
-    /// access tokens valid until `last_used_at + token_tail_secs`; returns them.
+    /// access tokens valid until `last_used_at + token_tail_secs`; returns them. A
+    /// user's sessions end in batches of [`REVOKE_BATCH`], one transaction (and one
+    /// audit event, naming its sessions) each.
     fn revoke<'a>(
         &'a self,
         target: Revoke,

@@ -108,6 +108,11 @@ impl PgStore {
         lock_row(conn, "revocation_feed").await
     }
 
+    /// Row locks queue fairly on PostgreSQL: revocation batches need no turns.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
     /// Nothing to do after commit: our own listener hears the notification too.
     fn announced(&self, _: Vec<Revocation>) {}
 }
@@ -389,6 +394,61 @@ impl super::Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
             Ok(created.is_some())
+        })
+    }
+
+    /// The user's row lock (`FOR NO KEY UPDATE`) queues logins of one user, so each
+    /// counts the sessions the ones before it left; then the usual statement, then the
+    /// cap, in one transaction.
+    fn create_capped_session<'a>(
+        &'a self,
+        s: &'a super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &'a super::AuditEvent,
+        cap: super::SessionCap,
+    ) -> StoreFuture<'a, Option<Vec<super::Session>>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let enabled = sqlx::query(
+                "SELECT id FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
+            )
+            .bind(s.user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if enabled.is_none() {
+                return Ok(None);
+            }
+            let query = super::shared::bind_session!(sqlx::query(CREATE_SESSION), s)
+                .bind(&first_token.0[..])
+                .bind(token_expires_at);
+            if super::shared::bind_audit!(query, event)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let ended = sqlx::query(super::session_limits::REVOKE_BEYOND_CAP)
+                .bind(s.created_at)
+                .bind(s.user_id)
+                .bind(cap.max_live.max(1))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(session_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut revocations = Vec::new();
+            if !ended.is_empty() {
+                insert_audit(&mut *tx, &super::session_limits::cap_event(event, &ended)).await?;
+                self.lock_feed(&mut tx).await?;
+                revocations =
+                    record_revocations(&mut tx, &ended, s.created_at, cap.token_tail_secs).await?;
+                self.announce(&mut tx, &revocations).await?;
+            }
+            tx.commit().await?;
+            self.announced(revocations);
+            Ok(Some(ended))
         })
     }
 

@@ -320,6 +320,7 @@ macro_rules! queries {
             token_tail_secs: i64,
         ) -> crate::store::StoreFuture<'a, bool> {
             Box::pin(async move {
+                let mut turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let found = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 RETURNING id")
                     .bind(disabled_at)
@@ -330,28 +331,53 @@ macro_rules! queries {
                 if !found {
                     return Ok(false);
                 }
-                let mut revocations = Vec::new();
-                if let Some(now) = disabled_at {
-                    let rows = sqlx::query(concat!(
-                        "UPDATE sessions SET revoked_at = $1, revoked_reason = 'user_disabled' \
-                         WHERE user_id = $2 AND revoked_at IS NULL RETURNING ",
-                        crate::store::shared::session_cols!()
-                    ))
-                    .bind(now)
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let ended: Vec<crate::store::Session> = rows.iter().map(session_row).collect::<Result<_, _>>()?;
+                // The disable, its audit event and the first batch of sessions commit
+                // together; the rest end in batches of their own. A disabled user's
+                // sessions are refused from the first commit on (the live checks read
+                // `disabled_at`), and no new one can open.
+                let batch = crate::store::session_limits::REVOKE_BATCH;
+                let mut ended = match disabled_at {
+                    Some(now) => sqlx::query(crate::store::session_limits::REVOKE_DISABLED_BATCH)
+                        .bind(now)
+                        .bind(id)
+                        .bind(batch)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(session_row)
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None => Vec::new(),
+                };
+                insert_audit(&mut *tx, event).await?;
+                let Some(now) = disabled_at else {
+                    tx.commit().await?;
+                    return Ok(true);
+                };
+                loop {
+                    let full = ended.len() as i64 == batch;
                     if !ended.is_empty() {
                         self.lock_feed(&mut tx).await?;
                     }
-                    revocations = record_revocations(&mut tx, &ended, now, token_tail_secs).await?;
+                    let revocations = record_revocations(&mut tx, &ended, now, token_tail_secs).await?;
                     self.announce(&mut tx, &revocations).await?;
+                    tx.commit().await?;
+                    drop(turn);
+                    self.announced(revocations);
+                    if !full {
+                        return Ok(true);
+                    }
+                    turn = self.write_turn().await;
+                    tx = self.pool.begin().await?;
+                    ended = sqlx::query(crate::store::session_limits::REVOKE_DISABLED_BATCH)
+                        .bind(now)
+                        .bind(id)
+                        .bind(batch)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(session_row)
+                        .collect::<Result<Vec<_>, _>>()?;
                 }
-                insert_audit(&mut *tx, event).await?;
-                tx.commit().await?;
-                self.announced(revocations);
-                Ok(true)
             })
         }
 
@@ -437,6 +463,26 @@ macro_rules! queries {
             })
         }
 
+        fn live_sessions_page(
+            &self,
+            user_id: uuid::Uuid,
+            now: i64,
+            after: Option<crate::store::SessionCursor>,
+            limit: i64,
+        ) -> crate::store::StoreFuture<'_, Vec<crate::store::Session>> {
+            Box::pin(async move {
+                let rows = sqlx::query(crate::store::session_limits::LIVE_SESSIONS_PAGE)
+                    .bind(user_id)
+                    .bind(now)
+                    .bind(after.map(|c| c.created_at))
+                    .bind(after.map(|c| c.id))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.iter().map(session_row).collect::<Result<_, _>>()?)
+            })
+        }
+
         fn live_user(
             &self,
             session_id: uuid::Uuid,
@@ -456,6 +502,10 @@ macro_rules! queries {
             })
         }
 
+        /// One session: one transaction. A user's sessions: batches of
+        /// `REVOKE_BATCH`, each its own transaction with its audit event (listing the
+        /// sessions it ended) and its feed entries, so no transaction holds the write
+        /// lock for long however many sessions the user has.
         fn revoke<'a>(
             &'a self,
             target: crate::store::Revoke,
@@ -470,51 +520,47 @@ macro_rules! queries {
                      WHERE id = $3 AND revoked_at IS NULL RETURNING ",
                     crate::store::shared::session_cols!()
                 );
-                const BY_USER: &str = concat!(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-                     WHERE user_id = $3 AND revoked_at IS NULL AND expires_at > $1 \
-                       AND ($4 IS NULL OR id <> $4) RETURNING ",
-                    crate::store::shared::session_cols!()
-                );
-                let query = match target {
-                    Revoke::Session(id) => sqlx::query(BY_ID).bind(event.at).bind(reason).bind(id),
-                    Revoke::User(user) => sqlx::query(BY_USER)
-                        .bind(event.at)
-                        .bind(reason)
-                        .bind(user)
-                        .bind(None::<uuid::Uuid>),
-                    Revoke::UserExcept(user, keep) => sqlx::query(BY_USER)
-                        .bind(event.at)
-                        .bind(reason)
-                        .bind(user)
-                        .bind(Some(keep)),
-                };
-                let mut tx = self.pool.begin().await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                let revoked: Vec<crate::store::Session> =
-                    rows.iter().map(session_row).collect::<Result<_, _>>()?;
-                if !revoked.is_empty() {
-                    let mut event = event.clone();
-                    let mut detail = match event.detail.take() {
-                        serde_json::Value::Object(map) => map,
-                        _ => serde_json::Map::new(),
+                let batch = crate::store::session_limits::REVOKE_BATCH;
+                let mut all = Vec::new();
+                loop {
+                    let query = match target {
+                        Revoke::Session(id) => sqlx::query(BY_ID).bind(event.at).bind(reason).bind(id),
+                        Revoke::User(user) => sqlx::query(crate::store::session_limits::REVOKE_USER_BATCH)
+                            .bind(event.at)
+                            .bind(reason)
+                            .bind(user)
+                            .bind(None::<uuid::Uuid>)
+                            .bind(batch),
+                        Revoke::UserExcept(user, keep) => sqlx::query(crate::store::session_limits::REVOKE_USER_BATCH)
+                            .bind(event.at)
+                            .bind(reason)
+                            .bind(user)
+                            .bind(Some(keep))
+                            .bind(batch),
                     };
-                    detail.insert("reason".into(), reason.into());
-                    detail.insert(
-                        "sessions".into(),
-                        revoked.iter().map(|s| s.id.to_string()).collect::<Vec<_>>().into(),
-                    );
-                    event.detail = detail.into();
-                    insert_audit(&mut *tx, &event).await?;
-                }
-                if !revoked.is_empty() {
+                    let turn = self.write_turn().await;
+                    let mut tx = self.pool.begin().await?;
+                    let rows = query.fetch_all(&mut *tx).await?;
+                    let revoked: Vec<crate::store::Session> =
+                        rows.iter().map(session_row).collect::<Result<_, _>>()?;
+                    if revoked.is_empty() {
+                        tx.commit().await?;
+                        return Ok(all);
+                    }
+                    insert_audit(&mut *tx, &crate::store::session_limits::revoke_event(event, reason, &revoked)).await?;
                     self.lock_feed(&mut tx).await?;
+                    let revocations = record_revocations(&mut tx, &revoked, event.at, token_tail_secs).await?;
+                    self.announce(&mut tx, &revocations).await?;
+                    tx.commit().await?;
+                    drop(turn);
+                    self.announced(revocations);
+                    let more = matches!(target, Revoke::User(_) | Revoke::UserExcept(..))
+                        && revoked.len() as i64 == batch;
+                    all.extend(revoked);
+                    if !more {
+                        return Ok(all);
+                    }
                 }
-                let revocations = record_revocations(&mut tx, &revoked, event.at, token_tail_secs).await?;
-                self.announce(&mut tx, &revocations).await?;
-                tx.commit().await?;
-                self.announced(revocations);
-                Ok(revoked)
             })
         }
 

@@ -25,6 +25,11 @@ pub struct SqliteStore {
     /// One connection for readiness checks, apart from the request pool.
     probe: SqlitePool,
     feed: broadcast::Sender<Revocation>,
+    /// Turns at the write lock for refreshes and revocation batches. SQLite's busy
+    /// handler retries on a growing sleep (up to 100 ms), so a writer that starts its
+    /// next batch at once would win against every sleeping refresh; queued here, in
+    /// order, a refresh waits for one batch at most.
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A readiness write waits at most this long for SQLite's write lock.
@@ -51,7 +56,12 @@ impl SqliteStore {
             .max_connections(1)
             .connect_lazy_with(options.busy_timeout(PROBE_WAIT));
         let (feed, _) = broadcast::channel(1024);
-        Ok(Self { pool, probe, feed })
+        Ok(Self {
+            pool,
+            probe,
+            feed,
+            writers: Default::default(),
+        })
     }
 
     /// One instance per file: announcements go out in-process, after commit.
@@ -68,10 +78,79 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A turn at the write lock, in order with refreshes (see `writers`).
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.writers.lock().await)
+    }
+
     fn announced(&self, revocations: Vec<Revocation>) {
         for r in revocations {
             let _ = self.feed.send(r);
         }
+    }
+
+    /// A login's session, first token and audit event, and with a cap the end of the
+    /// user's oldest sessions beyond it: `None` when the user is disabled or gone.
+    async fn open_session(
+        &self,
+        s: &super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &super::AuditEvent,
+        cap: Option<super::SessionCap>,
+    ) -> Result<Option<Vec<super::Session>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let created = super::shared::bind_session!(
+            sqlx::query(concat!(
+                "INSERT INTO sessions (",
+                super::shared::session_cols!(),
+                ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
+                 (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
+            )),
+            s
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&first_token.0[..])
+        .bind(s.id)
+        .bind(s.created_at)
+        .bind(token_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, event).await?;
+        let Some(cap) = cap else {
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        };
+        let ended = sqlx::query(super::session_limits::REVOKE_BEYOND_CAP)
+            .bind(s.created_at)
+            .bind(s.user_id)
+            .bind(cap.max_live.max(1))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(session_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut revocations = Vec::new();
+        if !ended.is_empty() {
+            insert_audit(&mut *tx, &super::session_limits::cap_event(event, &ended)).await?;
+            self.lock_feed(&mut tx).await?;
+            revocations =
+                record_revocations(&mut tx, &ended, s.created_at, cap.token_tail_secs).await?;
+            self.announce(&mut tx, &revocations).await?;
+        }
+        tx.commit().await?;
+        self.announced(revocations);
+        Ok(Some(ended))
     }
 }
 
@@ -194,6 +273,7 @@ impl super::Store for SqliteStore {
     /// stays remembered whatever the rotation then does, as on PostgreSQL).
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             if let Some(claim) = r.proof
                 && !claim_proof_of_token(&self.pool, claim, r.parent).await?
             {
@@ -290,36 +370,27 @@ impl super::Store for SqliteStore {
         event: &'a super::AuditEvent,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            let created = super::shared::bind_session!(
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    super::shared::session_cols!(),
-                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
-                     (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
-                )),
-                s
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !created {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&first_token.0[..])
-            .bind(s.id)
-            .bind(s.created_at)
-            .bind(token_expires_at)
-            .execute(&mut *tx)
-            .await?;
-            insert_audit(&mut *tx, event).await?;
-            tx.commit().await?;
-            Ok(true)
+            let created = self
+                .open_session(s, first_token, token_expires_at, event, None)
+                .await?;
+            Ok(created.is_some())
+        })
+    }
+
+    /// The same transaction, counting the user's live sessions after the insert: the
+    /// write lock taken by the insert orders it against every other login.
+    fn create_capped_session<'a>(
+        &'a self,
+        s: &'a super::Session,
+        first_token: crate::tokens::refresh::TokenHash,
+        token_expires_at: i64,
+        event: &'a super::AuditEvent,
+        cap: super::SessionCap,
+    ) -> StoreFuture<'a, Option<Vec<super::Session>>> {
+        Box::pin(async move {
+            Ok(self
+                .open_session(s, first_token, token_expires_at, event, Some(cap))
+                .await?)
         })
     }
 

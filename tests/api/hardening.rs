@@ -3,6 +3,9 @@
 //! falls into (an issuer taken from a public listener, unchecked TLS to PostgreSQL, a
 //! trusted-proxy range that trusts the internet).
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
@@ -195,4 +198,158 @@ async fn access_tokens_are_introspected_by_the_audiences_services(backend: Backe
         email.as_str()
     );
     // (A token for another `aud` is inactive to everyone: tests/api/hostile.rs.)
+}
+
+/// `tessera serve` with only `env` (no TESSERA_* from the test's own environment), in
+/// a fresh folder: its exit status (`None`: still running after `wait`, then killed)
+/// and its log (stderr).
+fn serve(env: &[(&str, &str)], wait: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd
+        .arg("serve")
+        .current_dir(temp_dir())
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut status = None;
+    while Instant::now() < deadline {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    (status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// With no `issuer`, `iss` would be the listener's address: on 0.0.0.0 (the image's
+/// listener) every token would say `http://0.0.0.0:8080`.
+#[test]
+fn a_public_listener_without_an_issuer_refuses_to_start() {
+    let port = free_port().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let metrics = ("TESSERA_METRICS_LISTEN", "127.0.0.1:0");
+    let (status, log) = serve(&[("TESSERA_LISTEN", &listen), metrics], Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "it must exit with an error, not serve (status {status:?}): {log}"
+    );
+    assert!(log.contains("TESSERA_ISSUER"), "the message names the key: {log}");
+    // With the issuer set, the same listener serves.
+    let (status, log) = serve(
+        &[
+            ("TESSERA_LISTEN", &listen),
+            ("TESSERA_ISSUER", "https://auth.example.com"),
+            metrics,
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(status.is_none(), "it serves with an issuer: {log}");
+    // A loopback listener (`cargo run`, zero setup) still takes its issuer from it.
+    let loopback = format!("127.0.0.1:{}", free_port());
+    let (status, log) = serve(&[("TESSERA_LISTEN", &loopback)], Duration::from_secs(3));
+    assert!(status.is_none(), "loopback serves with no issuer: {log}");
+}
+
+/// A warning that must appear once, naming `key` and `value`.
+fn warned_once(log: &str, key: &str, value: &str) -> bool {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(key) && l.contains("WARN")).collect();
+    lines.len() == 1 && lines[0].contains(value)
+}
+
+#[test]
+fn a_trusted_proxy_range_that_covers_the_internet_is_warned_about() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, log) = serve(
+        &[
+            ("TESSERA_LISTEN", &listen),
+            ("TESSERA_TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0, fd00::/8, ::/0"),
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(status.is_none(), "it still serves: {log}");
+    assert!(
+        warned_once(&log, "TESSERA_TRUSTED_PROXIES", "0.0.0.0/0") && log.contains("::/0"),
+        "warned once, naming the key and the ranges: {log}"
+    );
+    let warning = log.lines().find(|l| l.contains("TESSERA_TRUSTED_PROXIES")).unwrap_or("");
+    assert!(
+        !warning.contains("10.0.0.0/8") && !warning.contains("fd00::/8"),
+        "private ranges are not named: {warning}"
+    );
+    // Private, loopback and link-local ranges, and one public address (a load
+    // balancer's), are no warning.
+    let (_, quiet) = serve(
+        &[
+            ("TESSERA_LISTEN", &format!("127.0.0.1:{}", free_port())),
+            (
+                "TESSERA_TRUSTED_PROXIES",
+                "127.0.0.1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, ::1, fc00::/7, fe80::/10, 203.0.113.7",
+            ),
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(
+        !quiet.contains("TESSERA_TRUSTED_PROXIES"),
+        "no warning for internal ranges: {quiet}"
+    );
+}
+
+/// `sslmode` left out is `prefer`: encrypted, with nobody's certificate checked.
+#[test]
+fn unverified_tls_to_a_remote_database_is_warned_about() {
+    let key = tessera::tokens::keys::SecretKey::generate().to_base64();
+    let run = |url: &str| {
+        serve(
+            &[
+                ("TESSERA_LISTEN", "127.0.0.1:0"),
+                ("TESSERA_DATABASE_URL", url),
+                ("TESSERA_SECRET_KEY", &key),
+                ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+            ],
+            Duration::from_secs(20),
+        )
+        .1
+    };
+    // db.invalid never resolves: the server stops at the connection, after the check.
+    for (url, mode) in [
+        ("postgres://tessera@db.invalid/tessera", "prefer"),
+        ("postgres://tessera@db.invalid/tessera?sslmode=require", "require"),
+        ("postgres://tessera@db.invalid/tessera?sslmode=disable", "disable"),
+    ] {
+        let log = run(url);
+        assert!(
+            warned_once(&log, "TESSERA_DATABASE_URL", mode) && log.contains("verify-full"),
+            "{url}: {log}"
+        );
+    }
+    for url in [
+        "postgres://tessera@db.invalid/tessera?sslmode=verify-full",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        "postgres://postgres@localhost/postgres?sslmode=disable",
+    ] {
+        let log = run(url);
+        assert!(
+            !log.lines().any(|l| l.contains("WARN") && l.contains("sslmode")),
+            "{url}: no warning: {log}"
+        );
+    }
 }

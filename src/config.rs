@@ -45,6 +45,7 @@ pub struct Config {
     pub refresh_grace_max_replays: u32,
     pub signup_enabled: bool,
     pub secret_key: SecretString,
+    pub secret_key_path: String,
     pub signing_alg: String,
     pub allow_hs256: bool,
     pub hs256_secret: SecretString,

@@ -85,7 +85,21 @@ fn secret_key(config: &Config, backend: &str) -> Result<SecretKey, StartError> {
         );
         return Ok(SecretKey::generate());
     };
-    let path = db.with_file_name("secret.key");
+    let beside = db.with_file_name("secret.key");
+    let path = match config.secret_key_path.trim() {
+        "" => beside,
+        // A key kept beside the database before secret_key_path named another place is
+        // still the key (its signing keys need it): used, with a warning, not replaced.
+        configured if !std::path::Path::new(configured).exists() && beside.exists() => {
+            tracing::warn!(
+                found = %beside.display(),
+                wanted = ?configured,
+                "TESSERA_SECRET_KEY_PATH: the secret key is beside the database; move it there, so that one backup does not hold both"
+            );
+            beside
+        }
+        configured => std::path::PathBuf::from(configured),
+    };
     let file_err = |source| StartError::SecretKeyFile {
         path: path.display().to_string(),
         source,

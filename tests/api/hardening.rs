@@ -204,13 +204,21 @@ async fn access_tokens_are_introspected_by_the_audiences_services(backend: Backe
 /// a fresh folder: its exit status (`None`: still running after `wait`, then killed)
 /// and its log (stderr).
 fn serve(env: &[(&str, &str)], wait: Duration) -> (Option<std::process::ExitStatus>, String) {
+    serve_in(&temp_dir(), env, wait)
+}
+
+fn serve_in(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    wait: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TESSERA_")) {
         cmd.env_remove(key);
     }
     let mut child = cmd
         .arg("serve")
-        .current_dir(temp_dir())
+        .current_dir(dir)
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -352,4 +360,42 @@ fn unverified_tls_to_a_remote_database_is_warned_about() {
             "{url}: no warning: {log}"
         );
     }
+}
+
+/// The generated key can live apart from the database (the image keeps it in the
+/// /keys volume); a key already beside the database is still used, with a warning.
+#[test]
+fn the_generated_secret_key_can_be_kept_apart_from_the_database() {
+    let dir = temp_dir();
+    let apart = dir.join("keys/secret.key");
+    let apart_text = apart.display().to_string();
+    let env = [
+        ("TESSERA_LISTEN", "127.0.0.1:0"),
+        ("TESSERA_SECRET_KEY_PATH", apart_text.as_str()),
+    ];
+    let (status, log) = serve_in(&dir, &env, Duration::from_secs(3));
+    assert!(status.is_none(), "{log}");
+    assert!(apart.exists(), "generated at TESSERA_SECRET_KEY_PATH: {log}");
+    assert!(dir.join("data/tessera.db").exists());
+    assert!(!dir.join("data/secret.key").exists(), "not beside the database");
+    // Restarted, it reads the same key (the signing keys decrypt: it serves).
+    let (status, log) = serve_in(&dir, &env, Duration::from_secs(3));
+    assert!(status.is_none(), "{log}");
+
+    // An older layout: the key beside the database, the new path empty.
+    let old = temp_dir();
+    let (status, log) = serve_in(&old, &env[..1], Duration::from_secs(3));
+    assert!(status.is_none() && old.join("data/secret.key").exists(), "{log}");
+    let elsewhere = old.join("keys/secret.key").display().to_string();
+    let (status, log) = serve_in(
+        &old,
+        &[env[0], ("TESSERA_SECRET_KEY_PATH", elsewhere.as_str())],
+        Duration::from_secs(3),
+    );
+    assert!(status.is_none(), "still serves with the old key: {log}");
+    assert!(
+        warned_once(&log, "TESSERA_SECRET_KEY_PATH", "beside the database"),
+        "{log}"
+    );
+    assert!(!old.join("keys/secret.key").exists(), "no second key made");
 }

@@ -255,12 +255,18 @@ fn a_public_listener_without_an_issuer_refuses_to_start() {
     let port = free_port().to_string();
     let listen = format!("0.0.0.0:{port}");
     let metrics = ("TESSERA_METRICS_LISTEN", "127.0.0.1:0");
-    let (status, log) = serve(&[("TESSERA_LISTEN", &listen), metrics], Duration::from_secs(20));
+    let (status, log) = serve(
+        &[("TESSERA_LISTEN", &listen), metrics],
+        Duration::from_secs(20),
+    );
     assert!(
         status.is_some_and(|s| !s.success()),
         "it must exit with an error, not serve (status {status:?}): {log}"
     );
-    assert!(log.contains("TESSERA_ISSUER"), "the message names the key: {log}");
+    assert!(
+        log.contains("TESSERA_ISSUER"),
+        "the message names the key: {log}"
+    );
     // With the issuer set, the same listener serves.
     let (status, log) = serve(
         &[
@@ -279,7 +285,10 @@ fn a_public_listener_without_an_issuer_refuses_to_start() {
 
 /// A warning that must appear once, naming `key` and `value`.
 fn warned_once(log: &str, key: &str, value: &str) -> bool {
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(key) && l.contains("WARN")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(key) && l.contains("WARN"))
+        .collect();
     lines.len() == 1 && lines[0].contains(value)
 }
 
@@ -289,7 +298,10 @@ fn a_trusted_proxy_range_that_covers_the_internet_is_warned_about() {
     let (status, log) = serve(
         &[
             ("TESSERA_LISTEN", &listen),
-            ("TESSERA_TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0, fd00::/8, ::/0"),
+            (
+                "TESSERA_TRUSTED_PROXIES",
+                "10.0.0.0/8, 0.0.0.0/0, fd00::/8, ::/0",
+            ),
         ],
         Duration::from_secs(3),
     );
@@ -298,7 +310,10 @@ fn a_trusted_proxy_range_that_covers_the_internet_is_warned_about() {
         warned_once(&log, "TESSERA_TRUSTED_PROXIES", "0.0.0.0/0") && log.contains("::/0"),
         "warned once, naming the key and the ranges: {log}"
     );
-    let warning = log.lines().find(|l| l.contains("TESSERA_TRUSTED_PROXIES")).unwrap_or("");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("TESSERA_TRUSTED_PROXIES"))
+        .unwrap_or("");
     assert!(
         !warning.contains("10.0.0.0/8") && !warning.contains("fd00::/8"),
         "private ranges are not named: {warning}"
@@ -340,8 +355,14 @@ fn unverified_tls_to_a_remote_database_is_warned_about() {
     // db.invalid never resolves: the server stops at the connection, after the check.
     for (url, mode) in [
         ("postgres://tessera@db.invalid/tessera", "prefer"),
-        ("postgres://tessera@db.invalid/tessera?sslmode=require", "require"),
-        ("postgres://tessera@db.invalid/tessera?sslmode=disable", "disable"),
+        (
+            "postgres://tessera@db.invalid/tessera?sslmode=require",
+            "require",
+        ),
+        (
+            "postgres://tessera@db.invalid/tessera?sslmode=disable",
+            "disable",
+        ),
     ] {
         let log = run(url);
         assert!(
@@ -356,7 +377,8 @@ fn unverified_tls_to_a_remote_database_is_warned_about() {
     ] {
         let log = run(url);
         assert!(
-            !log.lines().any(|l| l.contains("WARN") && l.contains("sslmode")),
+            !log.lines()
+                .any(|l| l.contains("WARN") && l.contains("sslmode")),
             "{url}: no warning: {log}"
         );
     }
@@ -375,9 +397,15 @@ fn the_generated_secret_key_can_be_kept_apart_from_the_database() {
     ];
     let (status, log) = serve_in(&dir, &env, Duration::from_secs(3));
     assert!(status.is_none(), "{log}");
-    assert!(apart.exists(), "generated at TESSERA_SECRET_KEY_PATH: {log}");
+    assert!(
+        apart.exists(),
+        "generated at TESSERA_SECRET_KEY_PATH: {log}"
+    );
     assert!(dir.join("data/tessera.db").exists());
-    assert!(!dir.join("data/secret.key").exists(), "not beside the database");
+    assert!(
+        !dir.join("data/secret.key").exists(),
+        "not beside the database"
+    );
     // Restarted, it reads the same key (the signing keys decrypt: it serves).
     let (status, log) = serve_in(&dir, &env, Duration::from_secs(3));
     assert!(status.is_none(), "{log}");
@@ -385,7 +413,10 @@ fn the_generated_secret_key_can_be_kept_apart_from_the_database() {
     // An older layout: the key beside the database, the new path empty.
     let old = temp_dir();
     let (status, log) = serve_in(&old, &env[..1], Duration::from_secs(3));
-    assert!(status.is_none() && old.join("data/secret.key").exists(), "{log}");
+    assert!(
+        status.is_none() && old.join("data/secret.key").exists(),
+        "{log}"
+    );
     let elsewhere = old.join("keys/secret.key").display().to_string();
     let (status, log) = serve_in(
         &old,

@@ -34,7 +34,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data tessera \
-    && mkdir -p /data && chown tessera /data
+    && mkdir -p /data /keys && chown tessera /data /keys
 COPY --from=build /src/target/release/tessera /usr/local/bin/tessera
 USER tessera
 # From /, the default database_url (sqlite://data/tessera.db) is the /data volume. It is
@@ -48,10 +48,15 @@ WORKDIR /
 # 127.0.0.1:9090 inside the container (TESSERA_METRICS_LISTEN): set a token to scrape
 # port 8080, or TESSERA_METRICS_LISTEN=0.0.0.0:9090 on a network only the scraper reaches.
 # The healthcheck asks /healthz on port 8080, which stays open.
+# TESSERA_ISSUER has no default here: on 0.0.0.0, serve refuses to start without it
+# (the public URL clients use, every token's iss). With SQLite and no
+# TESSERA_SECRET_KEY, the generated key goes to the /keys volume, not beside the
+# database in /data: back them up apart (README "Production checklist", 6).
 ENV TESSERA_LISTEN=0.0.0.0:8080 \
-    TESSERA_LOG_FORMAT=json
+    TESSERA_LOG_FORMAT=json \
+    TESSERA_SECRET_KEY_PATH=/keys/secret.key
 EXPOSE 8080
-VOLUME ["/data"]
+VOLUME ["/data", "/keys"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/tessera", "healthcheck"]
 STOPSIGNAL SIGTERM

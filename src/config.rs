@@ -46,6 +46,7 @@ pub struct Config {
     pub signup_enabled: bool,
     pub max_sessions_per_user: u32,
     pub secret_key: SecretString,
+    pub secret_key_path: String,
     pub signing_alg: String,
     pub allow_hs256: bool,
     pub hs256_secret: SecretString,
@@ -89,6 +90,9 @@ pub struct Config {
     pub cookie_secure: bool,
     pub cookie_samesite: crate::http::browser::SameSite,
     pub dpop_require_nonce: bool,
+    /// Whether `issuer` was left empty and made from `listen` (see [`Config::check_serve`]).
+    #[serde(skip)]
+    pub issuer_from_listen: bool,
 }
 
 impl Config {
@@ -144,6 +148,7 @@ impl Config {
     fn finish(&mut self) -> Result<(), ConfigError> {
         if self.issuer.is_empty() {
             self.issuer = format!("http://{}", self.listen);
+            self.issuer_from_listen = true;
         }
         if self.audience.is_empty() {
             self.audience = self.issuer.clone();
@@ -314,6 +319,23 @@ impl Config {
                 format!("{raw:?} is not an address such as 127.0.0.1:9090"),
             )
         })
+    }
+
+    /// What only `serve` needs (other commands read the same config): a listener that
+    /// is not loopback needs an explicit issuer, or every token's `iss` and every
+    /// metadata URL would name the bind address (`http://0.0.0.0:8080` in the image),
+    /// which no client or verifier can use.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        if self.issuer_from_listen && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "issuer (TESSERA_ISSUER)",
+                format!(
+                    "must be set when listening on {} (not loopback): it is every token's iss and the base of every URL in the metadata, so give the public URL clients use, e.g. TESSERA_ISSUER=https://auth.example.com",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the main listener answers `/metrics`: with a token, or when only this

@@ -85,7 +85,21 @@ fn secret_key(config: &Config, backend: &str) -> Result<SecretKey, StartError> {
         );
         return Ok(SecretKey::generate());
     };
-    let path = db.with_file_name("secret.key");
+    let beside = db.with_file_name("secret.key");
+    let path = match config.secret_key_path.trim() {
+        "" => beside,
+        // A key kept beside the database before secret_key_path named another place is
+        // still the key (its signing keys need it): used, with a warning, not replaced.
+        configured if !std::path::Path::new(configured).exists() && beside.exists() => {
+            tracing::warn!(
+                found = %beside.display(),
+                wanted = ?configured,
+                "TESSERA_SECRET_KEY_PATH: the secret key is beside the database; move it there, so that one backup does not hold both"
+            );
+            beside
+        }
+        configured => std::path::PathBuf::from(configured),
+    };
     let file_err = |source| StartError::SecretKeyFile {
         path: path.display().to_string(),
         source,
@@ -259,6 +273,59 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Listen { addr, source })
 }
 
+/// Settings that work but leave a door open: one warning each at start-up, naming the
+/// key. TLS to a database on another host that checks no certificate (`sslmode`
+/// other than `verify-full`; left out, it is `prefer`), and trusted-proxy ranges that
+/// reach past the site (`0.0.0.0/0`: every caller picks its own address for the
+/// login throttle and the audit log).
+fn warn_about_traps(config: &Config) {
+    if let Some((host, mode)) = unverified_database_tls(config.database_url.expose_secret()) {
+        tracing::warn!(
+            host = ?host,
+            sslmode = mode,
+            "TESSERA_DATABASE_URL: TLS to a database on another host without sslmode=verify-full: anyone on the path can read or change the traffic (sslmode=prefer, the default, even turns TLS off); use sslmode=verify-full (README: Production checklist)"
+        );
+    }
+    let wide: Vec<String> = crate::http::client_addr::parse_proxies(&config.trusted_proxies)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.covers_public_networks())
+        .map(ToString::to_string)
+        .collect();
+    if !wide.is_empty() {
+        tracing::warn!(
+            ranges = %wide.join(","),
+            "TESSERA_TRUSTED_PROXIES trusts public networks: any caller there can set X-Forwarded-For to any address, escaping the login throttle per address and writing what it likes into the audit log; list your load balancers' addresses only"
+        );
+    }
+}
+
+/// For a PostgreSQL URL to a host that is not this machine and whose `sslmode` does
+/// not check the server's name: the host and the mode.
+fn unverified_database_tls(url: &str) -> Option<(String, &'static str)> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    if !url.starts_with("postgres") {
+        return None;
+    }
+    let options = url.parse::<PgConnectOptions>().ok()?;
+    let host = options.get_host().to_owned();
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mode = match options.get_ssl_mode() {
+        PgSslMode::VerifyFull => return None,
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+    };
+    (!local).then_some((host, mode))
+}
+
 /// The configured connection cap, lowered to fit the open-file limit (raised to its
 /// hard maximum first): descriptors must never run out, or nobody gets in.
 fn connection_cap(config: &Config) -> usize {
@@ -282,6 +349,8 @@ fn connection_cap(config: &Config) -> usize {
 
 impl Server {
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        config.check_serve()?;
+        warn_about_traps(config);
         let state = build_state(config).await?;
         let listener = listen(config.listen).await?;
         let serve_metrics = config.metrics_on_main_listener();

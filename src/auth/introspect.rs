@@ -1,6 +1,17 @@
 //! RFC 7662 introspection, for services that ask online: an access token is active
 //! only while its session is live (one indexed read); a refresh token while it is
 //! unspent, unexpired and its session live.
+//!
+//! Who may ask about what (RFC 7662 §4), for an authenticated confidential client:
+//! - an access token: its own client, and any other confidential client. Every access
+//!   token's `aud` is this server's one audience (tokens for another are inactive),
+//!   and the confidential clients are the backends that serve it: the token is meant
+//!   to be shown to them, and they verify it offline anyway.
+//! - a refresh token: only the client it was issued to. A refresh token is never
+//!   shown to a resource server (RFC 6749 §10.4), so any other asker holds a stolen
+//!   one; it learns nothing, not even that the token is live.
+//!
+//! Anything else is `{"active": false}`, the same answer as for an unknown token.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -48,13 +59,20 @@ pub struct Cnf {
 }
 
 impl Auth {
-    pub async fn introspect(&self, token: &str, now: i64) -> Result<Introspection, AuthError> {
+    /// `caller`: the id of the authenticated confidential client asking.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        caller: &str,
+        now: i64,
+    ) -> Result<Introspection, AuthError> {
         if let Some(refresh) = RefreshToken::parse(token) {
             let Some(state) = self.store.token_state(refresh.hash()).await? else {
                 return Ok(Introspection::default());
             };
             let s = &state.session;
-            let active = state.spent_at.is_none()
+            let active = s.client_id == caller
+                && state.spent_at.is_none()
                 && state.expires_at > now
                 && s.revoked_at.is_none()
                 && s.expires_at > now

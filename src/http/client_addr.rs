@@ -10,6 +10,12 @@ pub struct Cidr {
     prefix: u8,
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl Cidr {
     fn parse(text: &str) -> Option<Self> {
         let (addr, prefix) = match text.split_once('/') {
@@ -21,6 +27,42 @@ impl Cidr {
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether the range reaches past this site: it holds addresses outside private,
+    /// loopback, link-local and shared (CGNAT) space, and is wider than a /24 (IPv4) or
+    /// a /48 (IPv6), so it is no list of one's own load balancers (`0.0.0.0/0`, `::/0`).
+    pub fn covers_public_networks(&self) -> bool {
+        // `::ffff:a.b.c.d/n` is the IPv4 range a.b.c.d/(n - 96).
+        if let IpAddr::V6(v6) = self.addr
+            && self.prefix >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: self.prefix - 96,
+            }
+            .covers_public_networks();
+        }
+        const INTERNAL: [&str; 9] = [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "100.64.0.0/10",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+        ];
+        let wide = match self.addr {
+            IpAddr::V4(_) => self.prefix < 24,
+            IpAddr::V6(_) => self.prefix < 48,
+        };
+        wide && !INTERNAL
+            .iter()
+            .filter_map(|r| Cidr::parse(r))
+            .any(|r| r.prefix <= self.prefix && r.contains(self.addr))
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -58,7 +58,7 @@ pub(crate) struct IntrospectRequest {
 }
 
 #[utoipa::path(post, path = "/oauth/introspect", tag = "services", security(("basic" = [])),
-    description = "RFC 7662. HTTP Basic or client_secret_post (confidential clients).",
+    description = "RFC 7662. HTTP Basic or client_secret_post (confidential clients). An access token is answered to any confidential client (all serve the one audience); a refresh token only to the client it was issued to, `{\"active\": false}` to any other.",
     request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = crate::auth::Introspection), (status = 400, description = "Malformed request", body = crate::http::error::Body), (status = 401, description = "Missing or invalid credentials", body = crate::http::error::Body)))]
 pub(crate) async fn introspect(
@@ -66,7 +66,7 @@ pub(crate) async fn introspect(
     BasicAuth(basic): BasicAuth,
     OAuthParams(req): OAuthParams<IntrospectRequest>,
 ) -> Result<Response, ApiError> {
-    confidential(
+    let caller = confidential(
         &state,
         basic,
         req.client_id.as_deref(),
@@ -78,7 +78,7 @@ pub(crate) async fn introspect(
         .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::bad_request("invalid_request", "missing parameter: token"))?;
-    let answer = state.auth.introspect(token, now()).await?;
+    let answer = state.auth.introspect(token, &caller, now()).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(answer)).into_response())
 }
 

@@ -315,6 +315,9 @@ fn public_key(
         }
         Alg::EdDsa if member("kty") == Some("OKP") && member("crv") == Some("Ed25519") => {
             let (x, x_text) = coordinate(jwk, "x")?;
+            if weak_ed25519_key(&x) {
+                return Err(ProofError::BadKey);
+            }
             (
                 PublicKey::Ed25519(x),
                 format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_text}"}}"#),
@@ -327,6 +330,53 @@ fn public_key(
         key,
         URL_SAFE_NO_PAD.encode(Sha256::digest(members.as_bytes())),
     ))
+}
+
+/// The y coordinates (little-endian, sign bit clear) of the Ed25519 points of small
+/// order: 1 (the identity), p-1 (order 2), 0 (order 4, either x) and the two of order 8
+/// (either x). Under such a key, `R = identity, s = 0` (and other cheap choices) is a
+/// signature of every message: a proof by it proves nothing (RFC 8032 leaves keys
+/// unchecked; libsodium's blocklist, the same list).
+const SMALL_ORDER_Y: [[u8; 32]; 5] = [
+    [0; 32],
+    {
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        one
+    },
+    P_MINUS_ONE,
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// p - 1 = 2^255 - 20, little-endian.
+const P_MINUS_ONE: [u8; 32] = {
+    let mut v = [0xff; 32];
+    v[0] = 0xec;
+    v[31] = 0x7f;
+    v
+};
+
+/// Whether an Ed25519 public key (its 32-byte encoding, RFC 8032 §5.1.2) must be
+/// refused: a point of small order (any spelling of its sign bit), or a non-canonical
+/// encoding (y >= p, which names a point another, canonical, spelling also names: one
+/// key would have two thumbprints). Used for every DPoP proof, by the server and by
+/// resource servers ([`check`]); exact comparisons, no curve arithmetic.
+pub fn weak_ed25519_key(x: &[u8; 32]) -> bool {
+    let mut y = *x;
+    y[31] &= 0x7f;
+    // y >= p: y's top byte is 0x7f, the middle bytes 0xff, and its low byte >= 0xed
+    // (p = 2^255 - 19 ends in 0xed).
+    let non_canonical = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed;
+    non_canonical || SMALL_ORDER_Y.contains(&y)
 }
 
 /// A URL for comparison (RFC 9449 §4.3 step 9, RFC 3986 §6.2.2 and §6.2.3): without
@@ -745,6 +795,53 @@ mod tests {
             cache.claim(&proof("new", "j", later), "new", later),
             Claim::Fresh
         );
+    }
+
+    /// Every small-order point, in every spelling of its sign bit, and every
+    /// non-canonical y is weak; real keys are not. Cross-checked with ed25519-dalek's
+    /// own small-order test where the server's build has it.
+    #[test]
+    fn small_order_and_non_canonical_ed25519_keys_are_weak() {
+        let mut weak = Vec::new();
+        for y in SMALL_ORDER_Y {
+            let mut negative = y;
+            negative[31] |= 0x80;
+            weak.extend([y, negative]);
+        }
+        for low in 0xed..=0xff_u8 {
+            let mut y = [0xff; 32];
+            y[0] = low;
+            y[31] = 0x7f;
+            weak.push(y);
+            y[31] = 0xff;
+            weak.push(y);
+        }
+        assert_eq!(weak.len(), 10 + 2 * 19);
+        for x in &weak {
+            assert!(weak_ed25519_key(x), "{x:02x?}");
+        }
+        #[cfg(feature = "server")]
+        for y in SMALL_ORDER_Y {
+            // dalek decompresses each one (so they are points) and finds it weak.
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&y);
+            assert!(key.is_ok_and(|k| k.is_weak()), "{y:02x?}");
+        }
+        // The largest canonical y, and real keys (RFC 8032 §7.1's first, and dalek's).
+        assert!(!weak_ed25519_key(&{
+            let mut y = P_MINUS_ONE;
+            y[0] = 0xeb;
+            y
+        }));
+        let rfc = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        assert_eq!(rfc.map(|k| weak_ed25519_key(&k)), Some(false));
+        #[cfg(feature = "server")]
+        for seed in 0..64_u8 {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            assert!(!weak_ed25519_key(key.as_bytes()));
+        }
     }
 
     #[test]

@@ -385,7 +385,8 @@ async fn introspection_needs_a_confidential_client_and_tracks_sessions(backend: 
     ] {
         assert!(active.get(claim).is_some(), "{claim}");
     }
-    // client_secret_post works too; so does a refresh token.
+    // client_secret_post works too. A refresh token is answered only to its own
+    // client (the app's, here: to a service, it is inactive; tests/api/hardening.rs).
     let (_, r) = introspect(
         &app,
         None,
@@ -396,18 +397,26 @@ async fn introspection_needs_a_confidential_client_and_tracks_sessions(backend: 
         ],
     )
     .await;
-    assert_eq!(
-        (r["active"].clone(), r["token_type"].clone()),
-        (json!(true), json!("refresh_token"))
-    );
-    assert_eq!(r["sid"], active["sid"]);
+    assert_eq!(r, json!({"active": false}));
+    let (_, by_post) = introspect(
+        &app,
+        None,
+        &[
+            ("token", &access),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(by_post["sid"], active["sid"]);
 
     let (_, garbage) = introspect(&app, Some((&id, &secret)), &[("token", "garbage")]).await;
     assert_eq!(garbage, json!({"active": false}));
     let (status, _) = introspect(&app, Some((&id, &secret)), &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    // A rotated refresh token is inactive; its successor is active.
+    // A rotated refresh token is inactive; its successor too, to a service (to its own
+    // client it is active: tests/api/hardening.rs follows a refresh token's life).
     let (_, next) = app.refresh(&refresh).await;
     assert_eq!(
         introspect(&app, Some((&id, &secret)), &[("token", &refresh)])
@@ -423,7 +432,7 @@ async fn introspection_needs_a_confidential_client_and_tracks_sessions(backend: 
         )
         .await
         .1["active"],
-        true
+        false
     );
 
     // Revoking the session makes its still-unexpired access token inactive at once.

@@ -88,6 +88,9 @@ pub async fn serve(
     let open = Arc::new(Open::new(limits.max_connections, limits.share()));
     let lingering = Arc::new(Semaphore::new(LINGERING_REFUSALS));
     let evicting = Arc::new(Semaphore::new(EVICTIONS_AT_ONCE));
+    // An address past its share churning through its own connections must not use up
+    // the evictions that make room for everyone else.
+    let evicting_own = Arc::new(Semaphore::new(EVICTIONS_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timeouts are ours (see `activity`): hyper's one timer cannot tell a slow
@@ -128,12 +131,15 @@ pub async fn serve(
         let (heir, inheritance) = tokio::sync::oneshot::channel();
         let mut heir = Some(heir);
         // Past its share, an address makes room among its own connections only.
-        let evicted = |heir: &mut Option<_>| match key {
-            Some(key) if over_share => open.evict_own(key, heir),
-            _ => open.evict_one(heir),
+        let (permits, key_over) = match key {
+            Some(key) if over_share => (&evicting_own, Some(key)),
+            _ => (&evicting, None),
         };
-        if let Ok(waiting) = evicting.clone().try_acquire_owned()
-            && evicted(&mut heir)
+        if let Ok(waiting) = permits.clone().try_acquire_owned()
+            && match key_over {
+                Some(key) => open.evict_own(key, &mut heir),
+                None => open.evict_one(&mut heir),
+            }
         {
             let serving = serving.clone();
             let (watcher, lingering) = (graceful.watcher(), lingering.clone());
@@ -171,7 +177,7 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 const EVICTIONS_AT_ONCE: usize = 32;
 
 /// Descriptors one listener may hold beyond its cap, while refusing or evicting.
-pub const BEYOND_CAP: usize = LINGERING_REFUSALS + EVICTIONS_AT_ONCE;
+pub const BEYOND_CAP: usize = LINGERING_REFUSALS + 2 * EVICTIONS_AT_ONCE;
 
 /// What every connection of one listener shares.
 struct Serving {

@@ -123,8 +123,8 @@ impl Activity {
         }
     }
 
-    /// A request body has begun to be awaited; [`Self::body_done`] when it has been read
-    /// whole, failed or been dropped.
+    /// A handler waits for the client's next body frame; [`Self::body_done`] once a
+    /// frame (or the end, or an error) has come, or the body is dropped.
     pub(super) fn body_started(&self) {
         self.update(|s| s.reading_bodies += 1);
     }
@@ -365,7 +365,10 @@ mod tests {
         let _request = b.begin();
         b.body_started();
         b.body_done();
-        assert!(!b.evict_if_waiting(&mut None), "the body is in: being served");
+        assert!(
+            !b.evict_if_waiting(&mut None),
+            "the body is in: being served"
+        );
         drop(request);
     }
 

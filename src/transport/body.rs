@@ -1,6 +1,6 @@
 //! A request body that must arrive within a deadline. Without one, a client that sends
 //! a head and then one body byte a second holds a request "in flight" until the request
-//! timeout, and such connections can fill the cap. While the body is awaited, the
+//! timeout, and such connections can fill the cap. While the handler waits for body frames, the
 //! connection's [`Activity`] knows the client is the slow one (it may be evicted at the
 //! cap); past the deadline the body fails, the handler answers 400 in our error shape,
 //! and hyper closes the connection (its body was not read whole).
@@ -17,8 +17,11 @@ use super::activity::Activity;
 /// The request body, failing once `deadline` has passed with frames still to come.
 pub struct Reading {
     body: Incoming,
-    /// Set while the body is still to be read whole (then it counts in `Activity`).
+    /// None for a request without a body.
     activity: Option<Arc<Activity>>,
+    /// Whether the handler is waiting for the client's next frame (then it counts in
+    /// `Activity`: the connection is the client's to hold up, not the server's).
+    waiting: bool,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: bool,
 }
@@ -36,35 +39,36 @@ impl std::fmt::Display for BodyTimedOut {
 impl std::error::Error for BodyTimedOut {}
 
 impl Reading {
+    /// `within`: from now (the head has been read) to the body's end.
     pub fn new(body: Incoming, activity: &Arc<Activity>, within: Duration) -> Self {
-        if body.is_end_stream() {
-            return Self {
-                body,
-                activity: None,
-                deadline: None,
-                timed_out: false,
-            };
-        }
-        activity.body_started();
+        let empty = body.is_end_stream();
         Self {
             body,
-            activity: Some(activity.clone()),
-            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            activity: (!empty).then(|| activity.clone()),
+            waiting: false,
+            deadline: (!empty).then(|| Box::pin(tokio::time::sleep(within))),
             timed_out: false,
         }
     }
 
-    fn done(&mut self) {
-        if let Some(activity) = self.activity.take() {
-            activity.body_done();
+    fn waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
         }
-        self.deadline = None;
+        self.waiting = waiting;
+        if let Some(activity) = &self.activity {
+            if waiting {
+                activity.body_started();
+            } else {
+                activity.body_done();
+            }
+        }
     }
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
-        self.done();
+        self.waiting(false);
     }
 }
 
@@ -80,19 +84,9 @@ impl Body for Reading {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if self.body.is_end_stream() {
-                    self.done();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.done();
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                self.done();
-                Poll::Ready(None)
+            Poll::Ready(frame) => {
+                self.waiting(false);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let due = self
@@ -100,9 +94,10 @@ impl Body for Reading {
                     .as_mut()
                     .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if !due {
+                    self.waiting(true);
                     return Poll::Pending;
                 }
-                self.done();
+                self.waiting(false);
                 self.timed_out = true;
                 Poll::Ready(Some(Err(BodyTimedOut.into())))
             }

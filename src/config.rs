@@ -85,6 +85,8 @@ pub struct Config {
     pub default_client_scopes: String,
     pub header_read_timeout_secs: u32,
     pub idle_timeout_secs: u32,
+    pub body_read_timeout_secs: u32,
+    pub max_connections_per_address: u32,
     pub max_connections: u32,
     pub metrics_listen: String,
     pub cookie_secure: bool,
@@ -293,6 +295,10 @@ impl Config {
             (
                 "idle_timeout_secs (TESSERA_IDLE_TIMEOUT_SECS)",
                 self.idle_timeout_secs,
+            ),
+            (
+                "body_read_timeout_secs (TESSERA_BODY_READ_TIMEOUT_SECS)",
+                self.body_read_timeout_secs,
             ),
             (
                 "max_connections (TESSERA_MAX_CONNECTIONS)",

@@ -352,6 +352,7 @@ impl Server {
         config.check_serve()?;
         warn_about_traps(config);
         let state = build_state(config).await?;
+        let trusted_proxies = state.trusted_proxies.clone();
         let listener = listen(config.listen).await?;
         let serve_metrics = config.metrics_on_main_listener();
         let metrics_listener = match config.metrics_listen()? {
@@ -373,8 +374,12 @@ impl Server {
                 timeouts: Timeouts {
                     header_read: Duration::from_secs(u64::from(config.header_read_timeout_secs)),
                     idle: Duration::from_secs(u64::from(config.idle_timeout_secs)),
+                    body_read: Duration::from_secs(u64::from(config.body_read_timeout_secs)),
                 },
                 max_connections: connection_cap(config),
+                per_address: config.max_connections_per_address as usize,
+                exempt: trusted_proxies,
+                max_header_bytes: config.max_header_bytes as usize,
             },
             drain: Duration::from_secs(u64::from(config.shutdown_drain_secs)),
             key_reload: Duration::from_secs(u64::from(config.key_reload_secs)),
@@ -432,7 +437,7 @@ impl Server {
         let metrics = self.metrics_listener.map(|listener| {
             let limits = Limits {
                 max_connections: METRICS_CONNECTIONS,
-                ..self.limits
+                ..self.limits.clone()
             };
             let app = http::metrics_router(self.state.clone());
             tokio::spawn(transport::serve(listener, app, limits, async move {

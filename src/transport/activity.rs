@@ -17,11 +17,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// The two limits a connection lives under.
+/// The limits a connection lives under.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    /// From a request's head to the end of its body (see `body::Reading`).
+    pub body_read: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,10 @@ enum Phase {
 struct State {
     phase: Phase,
     write_stalled_since: Option<Instant>,
+    /// Requests in flight whose body is still awaited from the client: while every
+    /// request in flight is one of them, the client, not the server, is what is slow,
+    /// and the connection may be evicted like an idle one.
+    reading_bodies: usize,
     /// Closed to make room for a new connection (see `Open::evict_one`).
     evicted: bool,
     /// The new connection that gets this one's slot when it closes.
@@ -69,6 +75,7 @@ impl Activity {
                     first_request: true,
                 },
                 write_stalled_since: None,
+                reading_bodies: 0,
                 evicted: false,
                 heir: None,
             }),
@@ -116,6 +123,16 @@ impl Activity {
         }
     }
 
+    /// A handler waits for the client's next body frame; [`Self::body_done`] once a
+    /// frame (or the end, or an error) has come, or the body is dropped.
+    pub(super) fn body_started(&self) {
+        self.update(|s| s.reading_bodies += 1);
+    }
+
+    pub(super) fn body_done(&self) {
+        self.update(|s| s.reading_bodies = s.reading_bodies.saturating_sub(1));
+    }
+
     pub(super) fn read_some(&self) {
         if self.awaiting_byte.swap(false, Ordering::Relaxed) {
             self.update(|s| {
@@ -139,12 +156,14 @@ impl Activity {
         }
     }
 
-    /// Marks the connection for closing if no request is in flight on it; checked and
-    /// set under one lock, so a request that has begun is never cut.
+    /// Marks the connection for closing if no request is in flight on it, or only
+    /// requests whose body the client has not finished sending; checked and set under
+    /// one lock, so a request being served is never cut.
     /// `heir` (taken when evicted) receives the slot once the connection has closed.
     pub fn evict_if_waiting(&self, heir: &mut Option<Heir>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.evicted || matches!(state.phase, Phase::Busy(_)) {
+        let serving = matches!(state.phase, Phase::Busy(n) if state.reading_bodies < n);
+        if state.evicted || serving {
             return false;
         }
         state.evicted = true;
@@ -236,6 +255,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header_read: Duration::from_secs(10),
         idle: Duration::from_secs(60),
+        body_read: Duration::from_secs(10),
     };
 
     fn phase(a: &Activity) -> Phase {
@@ -336,11 +356,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_whose_body_is_awaited_can_be_evicted() {
+        let a = Activity::new();
+        let request = a.begin();
+        a.body_started();
+        assert!(a.evict_if_waiting(&mut None), "the client is the slow one");
+        let b = Activity::new();
+        let _request = b.begin();
+        b.body_started();
+        b.body_done();
+        assert!(
+            !b.evict_if_waiting(&mut None),
+            "the body is in: being served"
+        );
+        drop(request);
+    }
+
+    #[tokio::test]
     async fn expired_resolves_once_the_deadline_has_passed() {
         let a = Activity::new();
         let none = Timeouts {
             header_read: Duration::ZERO,
             idle: Duration::ZERO,
+            body_read: Duration::ZERO,
         };
         a.expired(none).await;
     }

@@ -6,9 +6,13 @@
 //! the place of the oldest one with no request in flight (a slow or idle client:
 //! [`open`]); only when every connection is busy with a request is the new one answered
 //! 503 + `Retry-After` and closed. Descriptors never run out, and connections that send
-//! nothing cannot keep a client out.
+//! nothing cannot keep a client out. A request whose body the client is still sending
+//! counts as slow too, and must end within a deadline ([`body`]); one client address
+//! holds at most a share of the cap ([`open`]); and hyper's read buffer and header count
+//! are bounded by the header limit, so a head that never ends costs no more than it.
 
 pub mod activity;
+mod body;
 mod open;
 mod watched;
 
@@ -30,15 +34,35 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use activity::Timeouts;
 use activity::{Activity, InFlight};
+use body::Reading;
 use open::Open;
 use watched::Watched;
 
 /// How one listener treats its connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// Connections one address may hold; 0: a quarter of `max_connections`.
+    pub per_address: usize,
+    /// Peers exempt from the per-address share (trusted proxies).
+    pub exempt: Arc<[crate::http::client_addr::Cidr]>,
+    pub max_header_bytes: usize,
 }
+
+impl Limits {
+    fn share(&self) -> usize {
+        match self.per_address {
+            0 => (self.max_connections / 4).max(1),
+            n => n,
+        }
+    }
+}
+
+/// hyper's smallest read buffer.
+const MIN_BUF: usize = 8192;
+/// Header lines at most: hyper's default, set here so it cannot silently change.
+const MAX_HEADERS: usize = 100;
 
 /// What a client past the cap reads before the connection closes.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -61,14 +85,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let open = Arc::new(Open::new(limits.max_connections));
+    let open = Arc::new(Open::new(limits.max_connections, limits.share()));
     let lingering = Arc::new(Semaphore::new(LINGERING_REFUSALS));
     let evicting = Arc::new(Semaphore::new(EVICTIONS_AT_ONCE));
+    // An address past its share churning through its own connections must not use up
+    // the evictions that make room for everyone else.
+    let evicting_own = Arc::new(Semaphore::new(EVICTIONS_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timeouts are ours (see `activity`): hyper's one timer cannot tell a slow
     // header from an idle connection.
     http.header_read_timeout(None);
+    // hyper's default buffer (~400 KiB) would hold that much of an unfinished head per
+    // connection before our header limit is looked at; room for the limit plus the
+    // request line and a pipelined byte or two is enough, and heads beyond it are
+    // answered 431 by hyper.
+    http.max_buf_size(MIN_BUF.max(limits.max_header_bytes.saturating_add(MIN_BUF)));
+    http.max_headers(MAX_HEADERS);
     let serving = Arc::new(Serving {
         http,
         service: TowerToHyperService::new(app),
@@ -88,14 +121,25 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            serving.spawn(stream, peer, slot, graceful.watcher());
+        let ip = peer.ip().to_canonical();
+        let key = (!limits.exempt.iter().any(|c| c.contains(ip))).then(|| open::peer_key(ip));
+        let over_share = key.is_some_and(|k| open.over_share(k));
+        if !over_share && let Ok(slot) = slots.clone().try_acquire_owned() {
+            serving.spawn(stream, peer, key, slot, graceful.watcher());
             continue;
         }
         let (heir, inheritance) = tokio::sync::oneshot::channel();
         let mut heir = Some(heir);
-        if let Ok(waiting) = evicting.clone().try_acquire_owned()
-            && open.evict_one(&mut heir)
+        // Past its share, an address makes room among its own connections only.
+        let (permits, key_over) = match key {
+            Some(key) if over_share => (&evicting_own, Some(key)),
+            _ => (&evicting, None),
+        };
+        if let Ok(waiting) = permits.clone().try_acquire_owned()
+            && match key_over {
+                Some(key) => open.evict_own(key, &mut heir),
+                None => open.evict_one(&mut heir),
+            }
         {
             let serving = serving.clone();
             let (watcher, lingering) = (graceful.watcher(), lingering.clone());
@@ -103,7 +147,7 @@ pub async fn serve(
                 let slot = tokio::time::timeout(EVICTION_WAIT, inheritance).await;
                 drop(waiting);
                 match slot {
-                    Ok(Ok(slot)) => serving.spawn(stream, peer, slot, watcher),
+                    Ok(Ok(slot)) => serving.spawn(stream, peer, key, slot, watcher),
                     _ => refuse(stream, lingering),
                 }
             });
@@ -114,7 +158,7 @@ pub async fn serve(
             tracing::warn!(
                 max_connections = limits.max_connections,
                 refused,
-                "connection cap reached and no connection could make room: refusing with 503"
+                "connection cap (or one address's share of it) reached and no connection could make room: refusing with 503"
             );
             (refused, last_warning) = (0, Some(std::time::Instant::now()));
         }
@@ -133,7 +177,7 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 const EVICTIONS_AT_ONCE: usize = 32;
 
 /// Descriptors one listener may hold beyond its cap, while refusing or evicting.
-pub const BEYOND_CAP: usize = LINGERING_REFUSALS + EVICTIONS_AT_ONCE;
+pub const BEYOND_CAP: usize = LINGERING_REFUSALS + 2 * EVICTIONS_AT_ONCE;
 
 /// What every connection of one listener shares.
 struct Serving {
@@ -153,6 +197,7 @@ impl Serving {
         &self,
         stream: TcpStream,
         peer: std::net::SocketAddr,
+        key: Option<std::net::IpAddr>,
         slot: OwnedSemaphorePermit,
         watcher: Watcher,
     ) {
@@ -171,12 +216,14 @@ impl Serving {
             tracing::debug!(error = %e, "could not set TCP keepalive");
         }
         let activity = Activity::new();
-        self.open.add(&activity);
+        let held = self.open.add(&activity, key);
+        let body_read = self.timeouts.body_read;
         let requests = {
             let (service, activity) = (self.service.clone(), activity.clone());
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let in_flight = activity.begin();
+                let request = request.map(|body| Reading::new(body, &activity, body_read));
                 let response = service.call(request);
                 async move {
                     let response: axum::response::Response = match response.await {
@@ -208,6 +255,7 @@ impl Serving {
                 }
             }
             // Evicted: the slot goes to the connection that took this one's place.
+            drop(held);
             if let Some(heir) = activity.take_heir() {
                 let _ = heir.send(slot);
             }

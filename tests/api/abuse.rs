@@ -196,6 +196,8 @@ async fn many_streams_cost_one_store_read_per_revocation(backend: Backend) {
         &[
             ("TESSERA_REVOCATION_STREAMS_PER_CLIENT", "5000"),
             ("TESSERA_REVOCATION_STREAMS_MAX", "5000"),
+            // All from one address: past a quarter of the connection cap otherwise.
+            ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "10000"),
             // No periodic resync during the test: every read is one a revocation caused.
             ("TESSERA_REVOCATION_RESYNC_SECS", "3600"),
         ],

@@ -192,6 +192,8 @@ async fn at_the_connection_cap_silent_connections_make_room_for_a_client() {
         Backend::Sqlite,
         &[
             ("TESSERA_MAX_CONNECTIONS", "50"),
+            // The whole cap for one address: the global eviction is what is tested.
+            ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "50"),
             ("TESSERA_HEADER_READ_TIMEOUT_SECS", "60"),
         ],
     )
@@ -217,7 +219,14 @@ async fn at_the_connection_cap_silent_connections_make_room_for_a_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_every_connection_is_busy_a_new_one_gets_503_with_retry_after() {
-    let app = spawn_app_with(Backend::Sqlite, &[("TESSERA_MAX_CONNECTIONS", "2")]).await;
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &[
+            ("TESSERA_MAX_CONNECTIONS", "2"),
+            ("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "2"),
+        ],
+    )
+    .await;
     let (id, secret) = crate::services::service_client(&app).await;
     let mut streams = Vec::new();
     for _ in 0..2 {
@@ -307,6 +316,10 @@ async fn at_a_1024_file_limit_1100_slow_connections_do_not_stop_the_server() {
     }
     let mut server = server
         .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
+        // The slow connections and the client share an address: the descriptor limit,
+        // not the per-address share, is what is tested (with the share, the client can
+        // arrive while its address's evictions are all in use, and be refused).
+        .env("TESSERA_MAX_CONNECTIONS_PER_ADDRESS", "100000")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

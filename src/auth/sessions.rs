@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::{ADMIN_ROLE, Auth, AuthError};
-use crate::store::{AuditEvent, Revoke, Session, User};
+use crate::store::{AuditEvent, Revoke, Session, StoreError, User};
 use crate::tokens::access::{Claims, LEEWAY_SECS};
 
 /// The result of a revocation: which sessions ended, and when the last access token
@@ -85,10 +85,18 @@ impl Auth {
         event: AuditEvent,
     ) -> Result<RevokeOutcome, AuthError> {
         let now = event.at;
-        let revoked = self
-            .store
-            .revoke(target, reason, &event, self.token_tail_secs())
-            .await?;
+        // Many sessions end in several transactions: the work runs on a task of its
+        // own, so a caller that hangs up (or the request timeout) cannot stop it after
+        // some batches and leave the rest live.
+        let (store, reason_owned, tail) = (
+            self.store.clone(),
+            reason.to_owned(),
+            self.token_tail_secs(),
+        );
+        let revoked =
+            tokio::spawn(async move { store.revoke(target, &reason_owned, &event, tail).await })
+                .await
+                .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))??;
         self.metrics.revoked(reason, revoked.len());
         let effective_at = self.effective_at(&revoked, now);
         Ok(RevokeOutcome {
@@ -217,15 +225,16 @@ impl Auth {
             "user_enabled"
         };
         let event = self.event(action, Some(user_id), None, Some(admin.sub), ip, now);
-        let found = self
-            .store
-            .set_user_disabled(
-                user_id,
-                disable.then_some(now),
-                &event,
-                self.token_tail_secs(),
-            )
-            .await?;
+        // On a task of its own, as in `revoke_sessions`: disabling ends the sessions in
+        // batches, which a dropped request must not cut short.
+        let (store, tail) = (self.store.clone(), self.token_tail_secs());
+        let found = tokio::spawn(async move {
+            store
+                .set_user_disabled(user_id, disable.then_some(now), &event, tail)
+                .await
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))??;
         if !found {
             return Err(AuthError::NotFound);
         }

@@ -158,11 +158,19 @@ impl Readiness {
 /// and no forwarding header. Behind a same-host proxy every outside client arrives from
 /// loopback, and such a proxy adds `X-Forwarded-For` (or `Forwarded`, `X-Real-IP`); a
 /// proxy not listed in `TESSERA_TRUSTED_PROXIES` counts too, as forwarding all the same.
-fn from_this_machine(request: &Request) -> bool {
+fn from_this_machine(
+    request: &Request,
+    trusted_proxies: &[crate::http::client_addr::Cidr],
+) -> bool {
+    // A peer that is a trusted proxy may be relaying anyone (some proxies add no
+    // forwarding header), so it is never "this machine".
     let loopback_peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|ConnectInfo(peer)| peer.ip().to_canonical().is_loopback());
+        .is_some_and(|ConnectInfo(peer)| {
+            let ip = peer.ip().to_canonical();
+            ip.is_loopback() && !trusted_proxies.iter().any(|c| c.contains(ip))
+        });
     let forwarded = request.headers().keys().any(|name| {
         let name = name.as_str();
         name == "forwarded" || name == "x-real-ip" || name.starts_with("x-forwarded-")
@@ -181,7 +189,10 @@ pub(crate) async fn metrics(
         .extensions()
         .get::<MetricsListener>()
         .is_none_or(|l| l.public);
-    if state.metrics_token.is_none() && public && !from_this_machine(&request) {
+    if state.metrics_token.is_none()
+        && public
+        && !from_this_machine(&request, &state.trusted_proxies)
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "metrics_local_only",

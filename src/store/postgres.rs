@@ -433,6 +433,7 @@ impl super::Store for PgStore {
                 .bind(s.created_at)
                 .bind(s.user_id)
                 .bind(cap.max_live.max(1))
+                .bind(s.id)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()

@@ -39,7 +39,7 @@ pub(crate) const REVOKE_DISABLED_BATCH: &str = concat!(
 /// write lock (SQLite), so parallel logins of one user count one after another.
 pub(crate) const REVOKE_BEYOND_CAP: &str = concat!(
     "UPDATE sessions SET revoked_at = $1, revoked_reason = 'session_limit' \
-     WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 \
+     WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 AND id <> $4 \
        AND id NOT IN (SELECT id FROM sessions \
                        WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 \
                        ORDER BY created_at DESC, id DESC LIMIT $3) \

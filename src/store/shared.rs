@@ -354,7 +354,9 @@ macro_rules! queries {
                     return Ok(true);
                 };
                 loop {
-                    let full = ended.len() as i64 == batch;
+                    // Until a batch comes back empty: a revocation racing this one can
+                    // shorten a batch without the user's sessions being all ended.
+                    let full = !ended.is_empty();
                     if !ended.is_empty() {
                         self.lock_feed(&mut tx).await?;
                     }
@@ -555,7 +557,7 @@ macro_rules! queries {
                     drop(turn);
                     self.announced(revocations);
                     let more = matches!(target, Revoke::User(_) | Revoke::UserExcept(..))
-                        && revoked.len() as i64 == batch;
+                        && !revoked.is_empty();
                     all.extend(revoked);
                     if !more {
                         return Ok(all);

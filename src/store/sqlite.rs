@@ -135,6 +135,7 @@ impl SqliteStore {
             .bind(s.created_at)
             .bind(s.user_id)
             .bind(cap.max_live.max(1))
+            .bind(s.id)
             .fetch_all(&mut *tx)
             .await?
             .iter()

@@ -67,7 +67,7 @@ const MAX_HEADERS: usize = 100;
 /// What a client past the cap reads before the connection closes.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nretry-after: 1\r\ncache-control: no-store\r\n\
-connection: close\r\ncontent-length: 78\r\n\r\n\
+x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: 78\r\n\r\n\
 {\"error\":\"temporarily_unavailable\",\"error_description\":\"too many connections\"}";
 
 /// Refusals answered at once (each holds its descriptor for at most 2 x `LINGER`). Past

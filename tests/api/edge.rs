@@ -110,8 +110,25 @@ async fn metrics_through_a_trusted_proxy_need_the_token() {
         }
         request.send()
     };
-    let local = get(&[]).await.unwrap();
-    assert_eq!(local.status(), StatusCode::OK, "a scraper on this machine");
+    // The peer is the trusted proxy: it may be relaying anyone, headers or not.
+    let (status, body) = crate::helpers::json(get(&[]).await.unwrap()).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the proxy's own address: {body}"
+    );
+    let direct = spawn_app(Backend::Sqlite).await;
+    let local = direct
+        .client
+        .get(direct.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        local.status(),
+        StatusCode::OK,
+        "a scraper on this machine, no proxy"
+    );
     for forwarded in [
         ("x-forwarded-for", "203.0.113.7"),
         ("forwarded", "for=203.0.113.7"),

@@ -29,7 +29,7 @@ use sqlx::{Connection, Executor};
 mod common;
 mod signup_flood;
 use tessera::store::{AuditEvent, Rotation, Session, Store};
-use tessera::tokens::refresh::RefreshToken;
+use tessera::tokens::refresh::{Presented, RefreshMac, RefreshToken};
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -256,7 +256,8 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             ip: None,
             dpop_jkt: None,
         };
-        let token = RefreshToken::generate();
+        let mac = RefreshMac::new(&[7; 32]);
+        let token = RefreshToken::issue(&mac, session.id, 1);
         store
             .create_session(
                 &session,
@@ -270,33 +271,41 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
             )
             .await
             .unwrap();
-        states.push((store.clone(), token.hash()));
+        states.push((store.clone(), mac, session.id, 1, token.hash()));
     }
-    drive(states, secs, move |(store, parent)| async move {
-        let successor = RefreshToken::generate().hash();
-        let rotation = Rotation {
-            parent,
-            successor,
-            sealed_successor: vec![0; 75],
-            now,
-            ttl_secs: 86_400,
-            client_id: None,
-            authenticated: false,
-            scope: None,
-            caller_ip: Some("127.0.0.1".into()),
-            caller_agent: Some(0x7e55_e7a0),
-            dpop_jkt: None,
-            proof: None,
-        };
-        assert!(
-            matches!(
-                store.rotate(&rotation).await.unwrap(),
-                tessera::store::Rotate::Rotated(_)
-            ),
-            "rotation failed"
-        );
-        (store, successor)
-    })
+    drive(
+        states,
+        secs,
+        move |(store, mac, session_id, generation, hash)| async move {
+            let successor = RefreshToken::issue(&mac, session_id, generation + 1).hash();
+            let rotation = Rotation {
+                parent: Presented::Session {
+                    session_id,
+                    generation,
+                    hash,
+                },
+                successor,
+                sealed_successor: vec![0; 75],
+                now,
+                ttl_secs: 86_400,
+                client_id: None,
+                authenticated: false,
+                scope: None,
+                caller_ip: Some("127.0.0.1".into()),
+                caller_agent: Some(0x7e55_e7a0),
+                dpop_jkt: None,
+                proof: None,
+            };
+            assert!(
+                matches!(
+                    store.rotate(&rotation).await.unwrap(),
+                    tessera::store::Rotate::Rotated(_)
+                ),
+                "rotation failed"
+            );
+            (store, mac, session_id, generation + 1, successor)
+        },
+    )
     .await
 }
 

@@ -50,22 +50,35 @@ mod access_token {
 
 mod refresh_token {
     use divan::black_box;
-    use tessera::tokens::refresh::RefreshToken;
+    use tessera::tokens::refresh::{RefreshMac, RefreshToken};
+    use uuid::Uuid;
+
+    fn issue() -> RefreshToken {
+        RefreshToken::issue(&RefreshMac::new(&[7; 32]), Uuid::now_v7(), 1)
+    }
 
     #[divan::bench]
     fn mint() -> impl Sized {
-        RefreshToken::generate().hash()
+        issue().hash()
+    }
+
+    /// Checking a presented token's tag: the work an invented token costs the server.
+    #[divan::bench]
+    fn check_tag(bencher: divan::Bencher) {
+        let mac = RefreshMac::new(&[7; 32]);
+        let token = RefreshToken::issue(&mac, Uuid::now_v7(), 1);
+        bencher.bench_local(|| black_box(&token).presented(&mac).unwrap());
     }
 
     #[divan::bench]
     fn seal_successor(bencher: divan::Bencher) {
-        let (parent, child) = (RefreshToken::generate(), RefreshToken::generate());
+        let (parent, child) = (issue(), issue());
         bencher.bench_local(|| parent.seal(black_box(&child)));
     }
 
     #[divan::bench]
     fn open_successor(bencher: divan::Bencher) {
-        let (parent, child) = (RefreshToken::generate(), RefreshToken::generate());
+        let (parent, child) = (issue(), issue());
         let sealed = parent.seal(&child);
         bencher.bench_local(|| parent.open(black_box(&sealed)).unwrap());
     }

@@ -163,6 +163,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         config.dpop_require_nonce,
         &secret.derive("tessera dpop nonces"),
     );
+    let refresh_mac =
+        crate::tokens::refresh::RefreshMac::new(&secret.derive("tessera refresh-token tags"));
     let store = open_store(config).await?;
     let key_policy = key_policy(config, secret)?;
     let keys = crate::auth::keys::bootstrap(store.as_ref(), &key_policy, unix_now())
@@ -233,6 +235,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             metrics,
             default_client_scopes: config.default_client_scopes.clone(),
             dpop,
+            refresh_mac,
         })),
         issuer: config.issuer.as_str().into(),
         jwks_max_age_secs: config.jwks_max_age_secs,

@@ -23,7 +23,7 @@ use crate::passwords::{PasswordError, Passwords};
 use crate::store::{AuditEvent, Client, Session, Store, StoreError, User};
 use crate::tokens::access::{AccessTokens, Claims, VerifyError};
 use crate::tokens::keys::KeySet;
-use crate::tokens::refresh::RefreshToken;
+use crate::tokens::refresh::{RefreshMac, RefreshToken};
 
 pub use clients::NewClient;
 pub use dpop::DpopPolicy;
@@ -175,6 +175,11 @@ pub struct Auth {
     refresh_refusals: throttle::Refusals,
     /// DPoP refusals audited this minute (see [`dpop::RecentEvents`]).
     dpop_events: dpop::RecentEvents,
+    /// Grace replays (and their refusals) audited this minute: a client that replays
+    /// in a loop does not set the audit log's growth.
+    replay_events: dpop::RecentEvents,
+    /// The key refresh-token tags are made with.
+    refresh_mac: RefreshMac,
 }
 
 /// What an [`Auth`] is made of.
@@ -191,9 +196,23 @@ pub struct AuthParts {
     /// The default client's scope allow-list, space-separated.
     pub default_client_scopes: String,
     pub dpop: DpopPolicy,
+    /// Derived from the secret key: every instance sharing it accepts the others'
+    /// refresh tokens.
+    pub refresh_mac: RefreshMac,
 }
 
 impl Auth {
+    /// The refresh token a new session starts with: generation 1 (tools and tests that
+    /// open sessions through the store make theirs here too).
+    pub fn first_refresh_token(&self, session: Uuid) -> RefreshToken {
+        RefreshToken::issue(&self.refresh_mac, session, 1)
+    }
+
+    /// Where the store finds `token`, if its tag is ours.
+    pub fn presented(&self, token: &RefreshToken) -> Option<crate::tokens::refresh::Presented> {
+        token.presented(&self.refresh_mac)
+    }
+
     pub fn new(parts: AuthParts) -> Self {
         Self {
             store: parts.store,
@@ -210,6 +229,8 @@ impl Auth {
             signup_refusals: throttle::Refusals::default(),
             refresh_refusals: throttle::Refusals::default(),
             dpop_events: dpop::RecentEvents::default(),
+            replay_events: dpop::RecentEvents::default(),
+            refresh_mac: parts.refresh_mac,
             keys: RwLock::new(Arc::new(parts.keys)),
         }
     }
@@ -370,7 +391,7 @@ impl Auth {
             ip: caller.ip.clone(),
             dpop_jkt: dpop.map(|p| p.jkt.clone()),
         };
-        let refresh_token = RefreshToken::generate();
+        let refresh_token = self.first_refresh_token(session.id);
         let token_expires_at = (now + self.policy.refresh_token_ttl).min(session.expires_at);
         let event = AuditEvent {
             at: now,

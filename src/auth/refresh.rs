@@ -9,7 +9,7 @@ use super::rules::{self, Decision, Grace, Presenter, Rejection};
 use super::{Auth, AuthError, Caller, DEFAULT_CLIENT, Grant, RequestClient, validate};
 use crate::metrics::RefreshOutcome;
 use crate::store::{AuditEvent, ProofClaim, Revoke, Rotate, Rotation, TokenState};
-use crate::tokens::refresh::RefreshToken;
+use crate::tokens::refresh::{Presented, RefreshToken};
 
 const UNUSABLE: &str = "the refresh token is invalid, expired or revoked";
 
@@ -53,23 +53,36 @@ impl Auth {
             dpop_jkt: dpop.map(|p| p.jkt.as_str()),
         };
         let parent = RefreshToken::parse(raw).ok_or(AuthError::InvalidGrant(UNUSABLE))?;
+        // A token whose tag does not verify was made by someone without the server's
+        // key (say, for a session id read off an access token): refused with no read and
+        // no write, so it can revoke nothing.
+        let presented = parent
+            .presented(&self.refresh_mac)
+            .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
         // A place refused for presenting unknown tokens gets one read, no write: its
         // own existing tokens still refresh, its guesses are answered 429.
         if let Some(retry_after) = self.unknown_refresh_refused(caller.ip.as_deref(), now)
-            && self.store.token_state(parent.hash()).await?.is_none()
+            && self.store.token_state(presented).await?.is_none()
         {
             return Err(AuthError::Throttled(retry_after));
         }
 
         match self
-            .rotate(&parent, &presenter, dpop.map(claim_of), caller, now)
+            .rotate(
+                &parent,
+                presented,
+                &presenter,
+                dpop.map(claim_of),
+                caller,
+                now,
+            )
             .await?
         {
             Some(Ok(grant)) => return Ok(grant),
             Some(Err(e)) => return Err(e),
             None => {}
         }
-        let Some(state) = self.store.token_state(parent.hash()).await? else {
+        let Some(state) = self.store.token_state(presented).await? else {
             self.count_unknown_refresh(caller.ip.as_deref(), now)
                 .await?;
             return Err(AuthError::InvalidGrant(UNUSABLE));
@@ -93,7 +106,7 @@ impl Auth {
         match rules::judge(&state, client_id, now, grace) {
             Decision::Replay => {
                 if let Some(grant) = self
-                    .replay(&parent, &state, &presenter, caller, now)
+                    .replay(&parent, presented, &state, &presenter, caller, now)
                     .await?
                 {
                     return Ok(grant);
@@ -102,23 +115,23 @@ impl Auth {
                 // successor was used meanwhile. Judge what the store says now, once.
                 let state = self
                     .store
-                    .token_state(parent.hash())
+                    .token_state(presented)
                     .await?
                     .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
                 match rules::judge(&state, client_id, now, grace) {
                     Decision::Reuse(kind) => self.reuse(&state, kind, caller, now).await,
-                    _ => self.replay_refused(&parent, &state, caller, now).await,
+                    _ => self.replay_refused(presented, &state, caller, now).await,
                 }
             }
             Decision::Reuse(kind) => self.reuse(&state, kind, caller, now).await,
             Decision::Reject(Rejection::ReplaysExhausted) => {
-                self.replay_refused(&parent, &state, caller, now).await
+                self.replay_refused(presented, &state, caller, now).await
             }
             Decision::Reject(why) => Err(self.refused(why, &presenter).await),
             // The winner of a race rolled back: one more attempt, never a loop. The
             // proof was claimed by the first attempt.
             Decision::Rotate => self
-                .rotate(&parent, &presenter, None, caller, now)
+                .rotate(&parent, presented, &presenter, None, caller, now)
                 .await?
                 .unwrap_or(Err(AuthError::InvalidGrant(UNUSABLE))),
         }
@@ -215,6 +228,7 @@ impl Auth {
             detail: serde_json::json!({
                 "case": kind.as_str(),
                 "spent_at": state.spent_at,
+                "generations_behind": state.generations_behind,
                 "user_agent": caller.user_agent,
             }),
             ..AuditEvent::default()
@@ -235,14 +249,28 @@ impl Auth {
     async fn rotate(
         &self,
         parent: &RefreshToken,
+        presented: Presented,
         presenter: &Presenter<'_>,
         proof: Option<ProofClaim>,
         caller: &Caller,
         now: i64,
     ) -> Result<Option<Result<Grant, AuthError>>, AuthError> {
-        let successor = RefreshToken::generate();
+        let (session_id, generation) = match presented {
+            Presented::Session {
+                session_id,
+                generation,
+                ..
+            } => (session_id, generation.saturating_add(1)),
+            // A token issued before sessions were one row names no session: one read
+            // finds it, once per such session, and its successor is generation 1.
+            Presented::Legacy(_) => match self.store.token_state(presented).await? {
+                Some(state) if state.spent_at.is_none() => (state.session.id, 1),
+                _ => return Ok(None),
+            },
+        };
+        let successor = RefreshToken::issue(&self.refresh_mac, session_id, generation);
         let rotation = Rotation {
-            parent: parent.hash(),
+            parent: presented,
             successor: successor.hash(),
             sealed_successor: parent.seal(&successor),
             now,
@@ -284,6 +312,7 @@ impl Auth {
     async fn replay(
         &self,
         parent: &RefreshToken,
+        presented: Presented,
         state: &TokenState,
         presenter: &Presenter<'_>,
         caller: &Caller,
@@ -296,8 +325,7 @@ impl Auth {
             .ok_or(AuthError::InvalidGrant(UNUSABLE))?;
         let event = replay_event("refresh_grace_replay", state, caller, now);
         let claimed = self
-            .store
-            .claim_replay(parent.hash(), self.policy.refresh_grace_max_replays, &event)
+            .claim_replay(presented, self.policy.refresh_grace_max_replays, event)
             .await?;
         if !claimed {
             return Ok(None);
@@ -325,7 +353,7 @@ impl Auth {
     /// spent token cannot flood the audit log for the length of the window.
     async fn replay_refused(
         &self,
-        parent: &RefreshToken,
+        presented: Presented,
         state: &TokenState,
         caller: &Caller,
         now: i64,
@@ -334,12 +362,43 @@ impl Auth {
         let max = self.policy.refresh_grace_max_replays;
         let mut event = replay_event("refresh_grace_replay_refused", state, caller, now);
         event.detail["max_replays"] = max.into();
-        self.store
-            .claim_replay(parent.hash(), max + 1, &event)
-            .await?;
+        self.claim_replay(presented, max + 1, event).await?;
         Err(AuthError::InvalidGrant(
             Rejection::ReplaysExhausted.describe(),
         ))
+    }
+
+    /// Claims one grace replay (or the one audited refusal past the cap) below
+    /// `max_replays`; its event is written only if this minute's budget for the session
+    /// admits it (see [`super::dpop::RecentEvents`]), else only counted in the metrics,
+    /// so a client that replays in a loop does not set how fast the audit log grows.
+    async fn claim_replay(
+        &self,
+        presented: Presented,
+        max_replays: i64,
+        mut event: AuditEvent,
+    ) -> Result<bool, AuthError> {
+        let Some(session) = event.session_id else {
+            return Ok(false);
+        };
+        let admitted =
+            self.replay_events
+                .admit(session, &event.action, None, event.ip.as_deref(), event.at);
+        if let Some(admitted) = admitted {
+            event.detail["repeats_left_out"] = admitted.suppressed.into();
+        }
+        let claimed = self
+            .store
+            .claim_replay(presented, max_replays, admitted.map(|_| &event))
+            .await;
+        match (&claimed, admitted) {
+            (Ok(true), None) => {
+                self.metrics.audit_left_out.inc();
+            }
+            (Ok(false) | Err(_), Some(admitted)) => self.replay_events.forget(session, admitted),
+            _ => {}
+        }
+        Ok(claimed?)
     }
 
     /// RFC 7009: ends the session a live refresh token (or an access token) belongs
@@ -364,9 +423,12 @@ impl Auth {
         };
         let target = if let Some(token) = RefreshToken::parse(raw) {
             // Only a live token: a spent one is an old copy, and its holder must not be
-            // able to log the user out.
+            // able to log the user out. One whose tag fails names nothing.
+            let Some(presented) = token.presented(&self.refresh_mac) else {
+                return Ok(());
+            };
             self.store
-                .token_state(token.hash())
+                .token_state(presented)
                 .await?
                 .filter(|s| s.spent_at.is_none() && s.expires_at > now)
                 .map(|s| {

@@ -54,7 +54,9 @@ impl Rejection {
 pub enum Reuse {
     /// Presented after the grace window closed.
     OutsideGrace,
-    /// Presented inside the window, but its successor was already used.
+    /// Presented inside the window, but its successor was already used; or more than
+    /// one generation behind its session, however long ago (its successor was spent
+    /// too; the session row keeps only the last two generations).
     SuccessorUsed,
 }
 
@@ -155,6 +157,9 @@ pub fn judge(state: &TokenState, client_id: Option<&str>, now: i64, grace: Grace
     if client_id.is_some_and(|c| c != state.session.client_id) {
         return Decision::Reject(Rejection::WrongClient);
     }
+    if state.generations_behind > 1 {
+        return Decision::Reuse(Reuse::SuccessorUsed);
+    }
     let Some(spent_at) = state.spent_at else {
         return if state.expires_at <= now {
             Decision::Reject(Rejection::TokenExpired)
@@ -216,6 +221,32 @@ mod tests {
             replays: 0,
             spent_ip: None,
             spent_agent: None,
+            generations_behind: 1,
+        }
+    }
+
+    /// A token of any older generation is reuse, inside the grace window or long
+    /// after, whatever else its state says; but a revoked session or another client's
+    /// token is refused first, as for any spent token.
+    #[test]
+    fn a_token_two_or_more_generations_back_is_reuse() {
+        for (behind, now) in [(2, 1101), (10_000, 1101), (2, 99_999)] {
+            let state = TokenState {
+                spent_at: None,
+                sealed_successor: None,
+                successor_spent: true,
+                generations_behind: behind,
+                ..spent_token()
+            };
+            assert_eq!(
+                judge(&state, None, now, GRACE),
+                Decision::Reuse(Reuse::SuccessorUsed),
+                "{behind} {now}"
+            );
+            assert_eq!(
+                judge(&state, Some("other"), now, GRACE),
+                Decision::Reject(Rejection::WrongClient)
+            );
         }
     }
 

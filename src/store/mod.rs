@@ -8,6 +8,7 @@ mod lifecycle;
 mod pg_tls;
 mod postgres;
 mod session_limits;
+mod sessions;
 mod shared;
 mod sqlite;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::tokens::keys::StoredKey;
-use crate::tokens::refresh::TokenHash;
+use crate::tokens::refresh::{Presented, TokenHash};
 
 pub use postgres::PgStore;
 pub use session_limits::{REVOKE_BATCH, SessionCap, SessionCursor};
@@ -157,10 +158,12 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
-/// The spend-and-issue step of a refresh, done as one statement.
+/// The spend-and-issue step of a refresh, done as one statement: the session row moves
+/// from the parent's generation to the successor's (a legacy parent is spent in the old
+/// table and its session moves to generation 1).
 #[derive(Debug)]
 pub struct Rotation {
-    pub parent: TokenHash,
+    pub parent: Presented,
     pub successor: TokenHash,
     pub sealed_successor: Vec<u8>,
     pub now: i64,
@@ -234,6 +237,10 @@ pub struct TokenState {
     /// The address and user-agent fingerprint of the rotation that spent it.
     pub spent_ip: Option<String>,
     pub spent_agent: Option<i64>,
+    /// How many generations the session has moved on since this token: 0 for the
+    /// current token, 1 for the previous one (the grace window's), more for a token
+    /// whose successor was spent too (reuse, however long ago).
+    pub generations_behind: i64,
 }
 
 /// A key rotation, applied atomically: add `key` (unless a key created at or after
@@ -260,13 +267,14 @@ pub struct Revocation {
 /// Rows the janitor deletes once they can no longer matter (see `auth::janitor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Prunable {
-    /// Every refresh token of a session that ended (revoked or expired) before the
-    /// cutoff, in batches, before the session itself.
+    /// Every legacy refresh token (issued before sessions were one row) of a session
+    /// that ended (revoked or expired) before the cutoff, in batches, before the
+    /// session itself.
     EndedSessionTokens,
     /// Sessions that ended before the cutoff and have no token left.
     Sessions,
-    /// Unspent refresh tokens that expired before the cutoff: nobody rotated them, so
-    /// no copy of them can signal theft.
+    /// Unspent legacy refresh tokens that expired before the cutoff: nobody rotated
+    /// them, so no copy of them can signal theft.
     ExpiredTokens,
     /// Revocation-feed rows whose access tokens expired before the cutoff.
     Revocations,
@@ -388,7 +396,8 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a rotation; `false` when another instance rotated first.
     fn rotate_signing_keys<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, bool>;
 
-    /// A new session with its first refresh token and its audit event, written only if
+    /// A new session with its first refresh token (generation 1, kept in the session
+    /// row) and its audit event, written only if
     /// the user is (still) enabled, in the same statement or transaction: `false`, and
     /// nothing written, when the user was disabled or deleted meanwhile.
     fn create_session<'a>(
@@ -421,15 +430,17 @@ pub trait Store: Send + Sync + 'static {
     /// Remembers a DPoP proof until `claim.expires_at`: `false` if it was seen before
     /// (of concurrent claims of one proof, exactly one wins).
     fn claim_proof(&self, claim: ProofClaim) -> StoreFuture<'_, bool>;
-    fn token_state(&self, hash: TokenHash) -> StoreFuture<'_, Option<TokenState>>;
-    /// Counts one grace replay of the spent token `hash` and records `event`, both only
-    /// if it has had fewer than `max_replays` and its successor is still unspent: of
-    /// concurrent replays at the cap, exactly the allowed number win.
+    /// What the rules need to judge `token`: `None` for a token the store never held
+    /// (or whose session is gone).
+    fn token_state(&self, token: Presented) -> StoreFuture<'_, Option<TokenState>>;
+    /// Counts one grace replay of the spent token and records `event` (if given), both
+    /// only if it has had fewer than `max_replays` and its successor is still unspent:
+    /// of concurrent replays at the cap, exactly the allowed number win.
     fn claim_replay<'a>(
         &'a self,
-        hash: TokenHash,
+        token: Presented,
         max_replays: i64,
-        event: &'a AuditEvent,
+        event: Option<&'a AuditEvent>,
     ) -> StoreFuture<'a, bool>;
     fn session(&self, id: Uuid) -> StoreFuture<'_, Option<Session>>;
     fn live_sessions(&self, user_id: Uuid, now: i64) -> StoreFuture<'_, Vec<Session>>;
@@ -632,6 +643,15 @@ macro_rules! migrations {
                 16,
                 "locks",
                 include_str!(concat!("../../migrations/", $backend, "/0016_locks.sql")),
+            ),
+            (
+                17,
+                "session_tokens",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $backend,
+                    "/0017_session_tokens.sql"
+                )),
             ),
         ]
     };

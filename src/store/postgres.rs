@@ -184,62 +184,8 @@ fn migrator() -> Migrator {
     super::migrator(&super::migrations!("postgres"))
 }
 
-/// Spend the parent only if it is unspent and unexpired, its session live and its user
-/// enabled, the caller is the session's client (authenticated, when that client is
-/// confidential: `$7`), a narrower scope asked for (`$8`) lies inside the session's,
-/// and the DPoP rules hold (a session bound to a key rotates only with a proof by it,
-/// `$11`; a client requiring DPoP only with some proof); insert the successor; touch
-/// the session. The request's DPoP proof (`$12`, until `$13`) is remembered in the same
-/// statement, only if the token exists (an invented token leaves no row), and nothing
-/// is spent if it was seen before. One statement, one round trip,
-/// and always one row: whether the proof was fresh, and the rotation if there was one.
-/// Concurrent callers queue on the parent's row lock; after the winner commits, the
-/// others re-check `spent_at IS NULL`, fail it, and insert nothing. The session row is
-/// read without a lock, so `touched` re-checks `revoked_at` under the session's row lock:
-/// a revocation that commits while this statement runs yields no row (no access token),
-/// never a token minted after the revocation took effect.
-const ROTATE: &str = "
-WITH proof AS (
-    INSERT INTO dpop_proofs (key, expires_at)
-    SELECT $12, $13 WHERE $12::bytea IS NOT NULL
-       AND EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)
-    ON CONFLICT DO NOTHING
-    RETURNING key
-), spent AS (
-    UPDATE refresh_tokens AS t
-       SET spent_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint),
-           successor_hash = $2, sealed_successor = $4, spent_ip = $9, spent_agent = $10
-      FROM sessions AS s JOIN users AS u ON u.id = s.user_id
-     WHERE t.hash = $1 AND t.spent_at IS NULL AND t.expires_at > $3
-       AND s.id = t.session_id AND s.revoked_at IS NULL AND s.expires_at > $3
-       AND u.disabled_at IS NULL AND ($6::text IS NULL OR s.client_id = $6)
-       AND ($7::boolean OR NOT EXISTS (
-            SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL))
-       AND ($8::text[] IS NULL OR $8::text[] <@ string_to_array(s.scope, ' '))
-       AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $11::text)
-       AND ($11::text IS NOT NULL OR NOT EXISTS (
-            SELECT 1 FROM clients AS c WHERE c.id = s.client_id AND c.require_dpop))
-       AND ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof))
-    RETURNING t.session_id, s.user_id, s.client_id, s.scope, s.expires_at AS session_expires_at, u.roles
-), issued AS (
-    INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at)
-    SELECT $2, session_id, $3, LEAST($3 + $5, session_expires_at) FROM spent
-    RETURNING expires_at
-), touched AS (
-    UPDATE sessions SET last_used_at = GREATEST($3, floor(extract(epoch FROM clock_timestamp()))::bigint)
-      FROM spent
-     WHERE sessions.id = spent.session_id AND sessions.revoked_at IS NULL
-    RETURNING sessions.id
-)
-SELECT ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)
-        OR NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)) AS proof_fresh, r.*
-  FROM (SELECT 1) AS one LEFT JOIN (
-       SELECT spent.session_id, spent.user_id, spent.client_id, spent.scope, spent.roles, issued.expires_at
-         FROM spent CROSS JOIN issued JOIN touched ON touched.id = spent.session_id
-  ) AS r ON true";
-
-/// A login's session, its first refresh token and the audit event: one statement, so
-/// one round trip (the foreign key is checked at the end of the statement). Nothing is
+/// A login's session, its first refresh token (generation 1, in the session row) and
+/// the audit event: one statement, so one round trip. Nothing is
 /// written unless the user is enabled; `FOR SHARE` makes a disable that is committing
 /// now wait for this statement, or this statement see the disable, so a login racing
 /// an admin's disable never leaves a session the disable missed.
@@ -247,22 +193,11 @@ const CREATE_SESSION: &str = concat!(
     "WITH enabled AS (SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE), \
      session AS (INSERT INTO sessions (",
     super::shared::session_cols!(),
-    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM enabled RETURNING id), \
-     token AS (INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-               SELECT $12, id, $5, $13 FROM session), \
+    ", generation, token_hash, token_issued_at, token_expires_at) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $5, $13 FROM enabled RETURNING id), \
      audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
                SELECT $14, $15, $16, $17, $18, $19, $20 FROM session) \
      SELECT id FROM session"
-);
-
-/// A grace replay's count and its audit event: one statement, so the event is written
-/// exactly when the replay is allowed.
-const CLAIM_REPLAY: &str = concat!(
-    "WITH claimed AS (",
-    super::shared::claim_replay_sql!(),
-    "), audit AS (INSERT INTO audit_events (at, action, user_id, session_id, actor_id, ip, detail) \
-               SELECT $3, $4, $5, $6, $7, $8, $9 FROM claimed) \
-     SELECT replays FROM claimed"
 );
 
 impl super::Store for PgStore {
@@ -334,22 +269,53 @@ impl super::Store for PgStore {
 
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
-            let row = sqlx::query(ROTATE)
-                .bind(&r.parent.0[..])
-                .bind(&r.successor.0[..])
-                .bind(r.now)
-                .bind(&r.sealed_successor)
-                .bind(r.ttl_secs)
-                .bind(&r.client_id)
-                .bind(r.authenticated)
-                .bind(&r.scope)
-                .bind(&r.caller_ip)
-                .bind(r.caller_agent)
-                .bind(&r.dpop_jkt)
-                .bind(r.proof.as_ref().map(|p| &p.key[..]))
-                .bind(r.proof.map(|p| p.expires_at))
-                .fetch_one(&self.pool)
-                .await?;
+            use crate::tokens::refresh::Presented;
+            let proof_key = r.proof.as_ref().map(|p| p.key.to_vec());
+            let proof_expires = r.proof.map(|p| p.expires_at);
+            let row = match r.parent {
+                Presented::Session {
+                    session_id,
+                    generation,
+                    hash,
+                } => {
+                    sqlx::query(super::sessions::pg::ROTATE)
+                        .bind(session_id)
+                        .bind(generation)
+                        .bind(&hash.0[..])
+                        .bind(&r.successor.0[..])
+                        .bind(&r.sealed_successor)
+                        .bind(r.now)
+                        .bind(r.ttl_secs)
+                        .bind(&r.client_id)
+                        .bind(r.authenticated)
+                        .bind(&r.scope)
+                        .bind(&r.caller_ip)
+                        .bind(r.caller_agent)
+                        .bind(&r.dpop_jkt)
+                        .bind(proof_key)
+                        .bind(proof_expires)
+                        .fetch_one(&self.pool)
+                        .await?
+                }
+                Presented::Legacy(hash) => {
+                    sqlx::query(super::sessions::pg::ROTATE_LEGACY)
+                        .bind(&hash.0[..])
+                        .bind(&r.successor.0[..])
+                        .bind(r.now)
+                        .bind(&r.sealed_successor)
+                        .bind(r.ttl_secs)
+                        .bind(&r.client_id)
+                        .bind(r.authenticated)
+                        .bind(&r.scope)
+                        .bind(&r.caller_ip)
+                        .bind(r.caller_agent)
+                        .bind(&r.dpop_jkt)
+                        .bind(proof_key)
+                        .bind(proof_expires)
+                        .fetch_one(&self.pool)
+                        .await?
+                }
+            };
             if !row.try_get::<bool, _>("proof_fresh")? {
                 return Ok(Rotate::ProofReplayed);
             }
@@ -365,6 +331,13 @@ impl super::Store for PgStore {
                 expires_at: row.try_get("expires_at")?,
             }))
         })
+    }
+
+    fn token_state(
+        &self,
+        token: crate::tokens::refresh::Presented,
+    ) -> StoreFuture<'_, Option<super::TokenState>> {
+        Box::pin(async move { Ok(token_state_in(&self.pool, token).await?) })
     }
 
     fn claim_proof(&self, claim: super::ProofClaim) -> StoreFuture<'_, bool> {
@@ -482,19 +455,11 @@ impl super::Store for PgStore {
 
     fn claim_replay<'a>(
         &'a self,
-        hash: crate::tokens::refresh::TokenHash,
+        token: crate::tokens::refresh::Presented,
         max_replays: i64,
-        event: &'a super::AuditEvent,
+        event: Option<&'a super::AuditEvent>,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let query = sqlx::query(CLAIM_REPLAY)
-                .bind(&hash.0[..])
-                .bind(max_replays);
-            let claimed = super::shared::bind_audit!(query, event)
-                .fetch_optional(&self.pool)
-                .await?;
-            Ok(claimed.is_some())
-        })
+        Box::pin(async move { Ok(claim_replay_in(&self.pool, token, max_replays, event).await?) })
     }
 
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<super::Client>> {

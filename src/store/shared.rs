@@ -13,18 +13,6 @@ pub(crate) fn audit_detail(e: &crate::store::AuditEvent) -> String {
     }
 }
 
-/// The conditional count of one grace replay (the same SQL on both stores; a literal,
-/// so PostgreSQL can embed it in a statement with `concat!`).
-macro_rules! claim_replay_sql {
-    () => {
-        "UPDATE refresh_tokens SET replays = replays + 1 \
-         WHERE hash = $1 AND replays < $2 AND NOT EXISTS ( \
-           SELECT 1 FROM refresh_tokens AS c \
-            WHERE c.hash = refresh_tokens.successor_hash AND c.spent_at IS NOT NULL) \
-         RETURNING replays"
-    };
-}
-
 /// Binds a session's columns, in `session_cols!` order, to the next ten parameters.
 macro_rules! bind_session {
     ($query:expr, $s:expr) => {
@@ -93,6 +81,108 @@ macro_rules! rows {
                 ip: row.try_get("ip")?,
                 dpop_jkt: row.try_get("dpop_jkt")?,
             })
+        }
+
+        fn session_tokens_row(row: &Row) -> Result<crate::store::sessions::SessionTokens, sqlx::Error> {
+            Ok(crate::store::sessions::SessionTokens {
+                session: session_row(row)?,
+                roles: crate::store::roles_from(row.try_get("roles")?),
+                user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+                generation: row.try_get("generation")?,
+                token_hash: row.try_get("token_hash")?,
+                token_issued_at: row.try_get("token_issued_at")?,
+                token_expires_at: row.try_get("token_expires_at")?,
+                prev_hash: row.try_get("prev_hash")?,
+                prev_sealed: row.try_get("prev_sealed")?,
+                prev_replays: row.try_get("prev_replays")?,
+                prev_ip: row.try_get("prev_ip")?,
+                prev_agent: row.try_get("prev_agent")?,
+            })
+        }
+
+        fn legacy_state_row(row: &Row) -> Result<crate::store::TokenState, sqlx::Error> {
+            let spent_at: Option<i64> = row.try_get("spent_at")?;
+            Ok(crate::store::TokenState {
+                session: session_row(row)?,
+                roles: crate::store::roles_from(row.try_get("roles")?),
+                user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+                issued_at: row.try_get("issued_at")?,
+                expires_at: row.try_get("token_expires_at")?,
+                spent_at,
+                sealed_successor: row.try_get("sealed_successor")?,
+                successor_spent: row.try_get("successor_spent")?,
+                successor_expires_at: row.try_get("successor_expires_at")?,
+                replays: row.try_get("replays")?,
+                spent_ip: row.try_get("spent_ip")?,
+                spent_agent: row.try_get("spent_agent")?,
+                generations_behind: i64::from(spent_at.is_some()),
+            })
+        }
+
+        /// What the rules need to judge a presented token (see `sessions::state_of`).
+        async fn token_state_in(
+            pool: &sqlx::Pool<Db>,
+            token: crate::tokens::refresh::Presented,
+        ) -> Result<Option<crate::store::TokenState>, sqlx::Error> {
+            use crate::store::sessions;
+            use crate::tokens::refresh::Presented;
+            Ok(match token {
+                Presented::Session { session_id, generation, hash } => {
+                    let row = sqlx::query(sessions::SESSION_TOKENS)
+                        .bind(session_id)
+                        .fetch_optional(pool)
+                        .await?;
+                    match row {
+                        Some(row) => sessions::state_of(session_tokens_row(&row)?, generation, hash),
+                        None => None,
+                    }
+                }
+                Presented::Legacy(hash) => {
+                    let row = sqlx::query(sessions::LEGACY_TOKEN_STATE)
+                        .bind(&hash.0[..])
+                        .fetch_optional(pool)
+                        .await?;
+                    row.as_ref().map(legacy_state_row).transpose()?
+                }
+            })
+        }
+
+        /// One grace replay, counted with its audit event (if any) in one transaction.
+        async fn claim_replay_in(
+            pool: &sqlx::Pool<Db>,
+            token: crate::tokens::refresh::Presented,
+            max_replays: i64,
+            event: Option<&crate::store::AuditEvent>,
+        ) -> Result<bool, sqlx::Error> {
+            use crate::store::sessions;
+            use crate::tokens::refresh::Presented;
+            let mut tx = pool.begin().await?;
+            let claimed = match token {
+                Presented::Session { session_id, generation, hash } => {
+                    sqlx::query(sessions::CLAIM_REPLAY)
+                        .bind(session_id)
+                        .bind(generation.saturating_add(1))
+                        .bind(&hash.0[..])
+                        .bind(max_replays)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                Presented::Legacy(hash) => {
+                    sqlx::query(sessions::LEGACY_CLAIM_REPLAY)
+                        .bind(&hash.0[..])
+                        .bind(max_replays)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+            };
+            if claimed.is_none() {
+                return Ok(false);
+            }
+            if let Some(event) = event {
+                insert_audit(&mut *tx, event).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         }
 
         fn key_row(row: &Row) -> Result<crate::tokens::keys::StoredKey, sqlx::Error> {
@@ -392,45 +482,6 @@ macro_rules! queries {
             })
         }
 
-        fn token_state(
-            &self,
-            hash: crate::tokens::refresh::TokenHash,
-        ) -> crate::store::StoreFuture<'_, Option<crate::store::TokenState>> {
-            Box::pin(async move {
-                let row = sqlx::query(
-                    "SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, \
-                            s.expires_at, s.revoked_at, s.user_agent, s.ip, s.dpop_jkt, u.roles, u.disabled_at, \
-                            t.issued_at, t.expires_at AS token_expires_at, t.spent_at, t.sealed_successor, \
-                            t.replays, t.spent_ip, t.spent_agent, \
-                            c.spent_at AS successor_spent_at, c.expires_at AS successor_expires_at \
-                     FROM refresh_tokens t \
-                     JOIN sessions s ON s.id = t.session_id \
-                     JOIN users u ON u.id = s.user_id \
-                     LEFT JOIN refresh_tokens c ON c.hash = t.successor_hash \
-                     WHERE t.hash = $1",
-                )
-                .bind(&hash.0[..])
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let successor_spent_at: Option<i64> = row.try_get("successor_spent_at")?;
-                Ok(Some(crate::store::TokenState {
-                    session: session_row(&row)?,
-                    roles: crate::store::roles_from(row.try_get("roles")?),
-                    user_disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
-                    issued_at: row.try_get("issued_at")?,
-                    expires_at: row.try_get("token_expires_at")?,
-                    spent_at: row.try_get("spent_at")?,
-                    sealed_successor: row.try_get("sealed_successor")?,
-                    successor_spent: successor_spent_at.is_some(),
-                    successor_expires_at: row.try_get("successor_expires_at")?,
-                    replays: row.try_get("replays")?,
-                    spent_ip: row.try_get("spent_ip")?,
-                    spent_agent: row.try_get("spent_agent")?,
-                }))
-            })
-        }
-
         fn session(&self, id: uuid::Uuid) -> crate::store::StoreFuture<'_, Option<crate::store::Session>> {
             Box::pin(async move {
                 let row = sqlx::query(concat!(
@@ -699,4 +750,4 @@ macro_rules! queries {
     };
 }
 
-pub(crate) use {bind_audit, bind_session, claim_replay_sql, queries, rows, session_cols};
+pub(crate) use {bind_audit, bind_session, queries, rows, session_cols};

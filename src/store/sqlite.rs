@@ -104,11 +104,14 @@ impl SqliteStore {
             sqlx::query(concat!(
                 "INSERT INTO sessions (",
                 super::shared::session_cols!(),
-                ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE EXISTS \
+                ", generation, token_hash, token_issued_at, token_expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $5, $13 WHERE EXISTS \
                  (SELECT 1 FROM users WHERE id = $2 AND disabled_at IS NULL)"
             )),
             s
         )
+        .bind(&first_token.0[..])
+        .bind(token_expires_at)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -116,16 +119,6 @@ impl SqliteStore {
         if !created {
             return Ok(None);
         }
-        sqlx::query(
-            "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&first_token.0[..])
-        .bind(s.id)
-        .bind(s.created_at)
-        .bind(token_expires_at)
-        .execute(&mut *tx)
-        .await?;
         insert_audit(&mut *tx, event).await?;
         let Some(cap) = cap else {
             tx.commit().await?;
@@ -267,13 +260,14 @@ impl super::Store for SqliteStore {
         })
     }
 
-    /// SQLite has no data-modifying CTEs; the same rules run as one write transaction
-    /// that begins with the conditional spend, so the write lock picks the winner. The
-    /// scope check (SQLite has no arrays) runs here, before commit. The DPoP proof is
-    /// remembered first, in a statement of its own and only if the token exists (it
-    /// stays remembered whatever the rotation then does, as on PostgreSQL).
+    /// The rules of PostgreSQL's statement, as one write transaction that begins with
+    /// the conditional update, so the write lock picks the winner; the scope check
+    /// (SQLite has no arrays) runs before commit. The DPoP proof is remembered first, in
+    /// a statement of its own and only if the session (the legacy token) exists; it
+    /// stays remembered whatever the rotation then does, as on PostgreSQL.
     fn rotate<'a>(&'a self, r: &'a Rotation) -> StoreFuture<'a, Rotate> {
         Box::pin(async move {
+            use crate::tokens::refresh::Presented;
             let _turn = self.write_turn().await;
             if let Some(claim) = r.proof
                 && !claim_proof_of_token(&self.pool, claim, r.parent).await?
@@ -281,72 +275,81 @@ impl super::Store for SqliteStore {
                 return Ok(Rotate::ProofReplayed);
             }
             let mut tx = self.pool.begin().await?;
-            let spent = sqlx::query(
-                "UPDATE refresh_tokens SET spent_at = max($3, CAST(strftime('%s', 'now') AS INTEGER)), \
-                   successor_hash = $2, sealed_successor = $4, \
-                   spent_ip = $7, spent_agent = $8 \
-                 WHERE hash = $1 AND spent_at IS NULL AND expires_at > $3 AND EXISTS ( \
-                   SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
-                    WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL \
-                      AND s.expires_at > $3 AND u.disabled_at IS NULL \
-                      AND ($5 IS NULL OR s.client_id = $5) \
-                      AND ($6 OR NOT EXISTS (SELECT 1 FROM clients c \
-                            WHERE c.id = s.client_id AND c.secret_hash IS NOT NULL)) \
-                      AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $9) \
-                      AND ($9 IS NOT NULL OR NOT EXISTS (SELECT 1 FROM clients c \
-                            WHERE c.id = s.client_id AND c.require_dpop))) \
-                 RETURNING session_id",
-            )
-            .bind(&r.parent.0[..])
-            .bind(&r.successor.0[..])
-            .bind(r.now)
-            .bind(&r.sealed_successor)
-            .bind(&r.client_id)
-            .bind(r.authenticated)
-            .bind(&r.caller_ip)
-            .bind(r.caller_agent)
-            .bind(&r.dpop_jkt)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(spent) = spent else {
+            let rotated = match r.parent {
+                Presented::Session {
+                    session_id,
+                    generation,
+                    hash,
+                } => {
+                    sqlx::query(super::sessions::sqlite::ROTATE)
+                        .bind(session_id)
+                        .bind(generation)
+                        .bind(&hash.0[..])
+                        .bind(&r.successor.0[..])
+                        .bind(&r.sealed_successor)
+                        .bind(r.now)
+                        .bind(r.ttl_secs)
+                        .bind(&r.client_id)
+                        .bind(r.authenticated)
+                        .bind(&r.caller_ip)
+                        .bind(r.caller_agent)
+                        .bind(&r.dpop_jkt)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                Presented::Legacy(hash) => {
+                    let spent = sqlx::query(super::sessions::sqlite::SPEND_LEGACY)
+                        .bind(&hash.0[..])
+                        .bind(&r.successor.0[..])
+                        .bind(r.now)
+                        .bind(&r.sealed_successor)
+                        .bind(&r.client_id)
+                        .bind(r.authenticated)
+                        .bind(&r.caller_ip)
+                        .bind(r.caller_agent)
+                        .bind(&r.dpop_jkt)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match spent {
+                        Some(spent) => {
+                            let session_id: uuid::Uuid = spent.try_get("session_id")?;
+                            sqlx::query(super::sessions::sqlite::UPGRADE_SESSION)
+                                .bind(session_id)
+                                .bind(r.now)
+                                .bind(&r.successor.0[..])
+                                .bind(r.ttl_secs)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                        }
+                        None => None,
+                    }
+                }
+            };
+            // Dropping the transaction rolls back whatever was done.
+            let Some(row) = rotated else {
                 return Ok(Rotate::Refused);
             };
-            let session_id: uuid::Uuid = spent.try_get("session_id")?;
-            let session = sqlx::query(
-                "UPDATE sessions SET last_used_at = max($2, CAST(strftime('%s', 'now') AS INTEGER)) \
-                 WHERE id = $1 RETURNING user_id, client_id, \
-                 scope, expires_at, (SELECT roles FROM users WHERE id = sessions.user_id) AS roles",
-            )
-            .bind(session_id)
-            .bind(r.now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let scope: String = session.try_get("scope")?;
+            let scope: String = row.try_get("scope")?;
             if !super::scope_within(r.scope.as_deref(), &scope) {
-                // Dropping the transaction rolls the spend back.
                 return Ok(Rotate::Refused);
             }
-            let session_expires_at: i64 = session.try_get("expires_at")?;
-            let expires_at = (r.now + r.ttl_secs).min(session_expires_at);
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&r.successor.0[..])
-            .bind(session_id)
-            .bind(r.now)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
             tx.commit().await?;
             Ok(Rotate::Rotated(Rotated {
-                session_id,
-                user_id: session.try_get("user_id")?,
-                client_id: session.try_get("client_id")?,
+                session_id: row.try_get("session_id")?,
+                user_id: row.try_get("user_id")?,
+                client_id: row.try_get("client_id")?,
                 scope,
-                roles: super::roles_from(session.try_get("roles")?),
-                expires_at,
+                roles: super::roles_from(row.try_get("roles")?),
+                expires_at: row.try_get("expires_at")?,
             }))
         })
+    }
+
+    fn token_state(
+        &self,
+        token: crate::tokens::refresh::Presented,
+    ) -> StoreFuture<'_, Option<super::TokenState>> {
+        Box::pin(async move { Ok(token_state_in(&self.pool, token).await?) })
     }
 
     fn claim_proof(&self, claim: super::ProofClaim) -> StoreFuture<'_, bool> {
@@ -418,24 +421,11 @@ impl super::Store for SqliteStore {
 
     fn claim_replay<'a>(
         &'a self,
-        hash: crate::tokens::refresh::TokenHash,
+        token: crate::tokens::refresh::Presented,
         max_replays: i64,
-        event: &'a super::AuditEvent,
+        event: Option<&'a super::AuditEvent>,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            let claimed = sqlx::query(super::shared::claim_replay_sql!())
-                .bind(&hash.0[..])
-                .bind(max_replays)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if claimed.is_none() {
-                return Ok(false);
-            }
-            insert_audit(&mut *tx, event).await?;
-            tx.commit().await?;
-            Ok(true)
-        })
+        Box::pin(async move { Ok(claim_replay_in(&self.pool, token, max_replays, event).await?) })
     }
 
     fn client<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<super::Client>> {
@@ -453,31 +443,46 @@ impl super::Store for SqliteStore {
     super::shared::queries!();
 }
 
-/// Remembers a rotation's DPoP proof only if the token it comes with exists, so an
-/// invented token leaves no row: `false` only when the token exists and the proof was
-/// seen before. Only a replay or an unknown token costs the second read.
+/// Remembers a rotation's DPoP proof only if the token it comes with exists (its
+/// session, for a token of the session-row shape), so an invented token leaves no row:
+/// `false` only when the token exists and the proof was seen before. Only a replay or an
+/// unknown token costs the second read.
 async fn claim_proof_of_token(
     pool: &sqlx::SqlitePool,
     claim: super::ProofClaim,
-    token: crate::tokens::refresh::TokenHash,
+    token: crate::tokens::refresh::Presented,
 ) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO dpop_proofs (key, expires_at) SELECT $1, $2 \
-         WHERE EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $3) ON CONFLICT DO NOTHING",
+    use super::sessions;
+    use crate::tokens::refresh::Presented;
+    let (claim_sql, exists_sql) = match token {
+        Presented::Session { .. } => (
+            sessions::sqlite::CLAIM_PROOF_OF_SESSION,
+            sessions::SESSION_EXISTS,
+        ),
+        Presented::Legacy(_) => (
+            sessions::sqlite::CLAIM_PROOF_OF_LEGACY,
+            sessions::LEGACY_TOKEN_EXISTS,
+        ),
+    };
+    let bind =
+        |q: sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>| match token {
+            Presented::Session { session_id, .. } => q.bind(session_id),
+            Presented::Legacy(hash) => q.bind(hash.0.to_vec()),
+        };
+    let claimed = bind(
+        sqlx::query(claim_sql)
+            .bind(claim.key.to_vec())
+            .bind(claim.expires_at),
     )
-    .bind(&claim.key[..])
-    .bind(claim.expires_at)
-    .bind(&token.0[..])
     .execute(pool)
     .await?
     .rows_affected();
     if claimed == 1 {
         return Ok(true);
     }
-    let known: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE hash = $1)")
-            .bind(&token.0[..])
-            .fetch_one(pool)
-            .await?;
+    let known: bool = bind(sqlx::query(exists_sql))
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
     Ok(!known)
 }

@@ -130,7 +130,10 @@ async fn login_succeeds_and_each_failure_has_its_code(backend: Backend) {
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
     assert_eq!(body["scope"], "read write");
-    assert!(s(&body, "refresh_token").starts_with("tsr_") && s(&body, "refresh_token").len() == 47);
+    assert!(
+        s(&body, "refresh_token").starts_with("tsr_")
+            && s(&body, "refresh_token").len() == tessera::tokens::refresh::LENGTH
+    );
 
     // JSON works as well as the form encoding.
     let (status, _) = json(

@@ -41,7 +41,7 @@ async fn a_lock_stall_cancels_the_statement_and_the_retry_is_not_reuse() {
         .await
         .unwrap();
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -105,7 +105,7 @@ async fn a_retry_after_a_stalled_commit_is_a_grace_replay() {
         .await
         .unwrap();
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await
         .unwrap();

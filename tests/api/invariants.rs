@@ -1,34 +1,39 @@
-//! Invariants of the token table, read straight from the database after the races.
+//! Invariants of the session rows, read straight from the database after the races.
 
 use crate::helpers::TestApp;
 
-const TWO_UNSPENT: &str = "SELECT COUNT(*) FROM (SELECT session_id FROM refresh_tokens \
-     WHERE spent_at IS NULL GROUP BY session_id HAVING COUNT(*) > 1) AS doubled";
-const LOST_SUCCESSOR: &str = "SELECT COUNT(*) FROM refresh_tokens p \
-     JOIN sessions s ON s.id = p.session_id \
-     LEFT JOIN refresh_tokens c ON c.hash = p.successor_hash \
-     WHERE p.spent_at IS NOT NULL AND c.hash IS NULL AND s.revoked_at IS NULL";
+/// A session without a current token, or one past generation 1 that lost what the
+/// grace window needs of its previous token (its hash and the sealed successor).
+const NO_TOKEN: &str = "SELECT COUNT(*) FROM sessions WHERE generation < 1 OR token_hash IS NULL";
+const LOST_SUCCESSOR: &str = "SELECT COUNT(*) FROM sessions \
+     WHERE generation > 1 AND (prev_hash IS NULL OR prev_sealed IS NULL OR prev_hash = token_hash)";
+/// Refreshes write no token rows (the old table is read only for legacy tokens).
+const TOKEN_ROWS: &str = "SELECT COUNT(*) FROM refresh_tokens";
 
-/// No session has two unspent tokens; no spent token lacks its successor unless its
-/// session was revoked.
+/// Every session has its current token; none past its first rotation lacks its
+/// previous token's hash or sealed successor; no refresh wrote a row.
 pub async fn check(app: &TestApp) {
     let counts: Vec<i64> = if app.database_url.starts_with("sqlite") {
         let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
         let mut v = Vec::new();
-        for q in [TWO_UNSPENT, LOST_SUCCESSOR] {
+        for q in [NO_TOKEN, LOST_SUCCESSOR, TOKEN_ROWS] {
             v.push(sqlx::query_scalar(q).fetch_one(&pool).await.unwrap());
         }
         v
     } else {
         let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
         let mut v = Vec::new();
-        for q in [TWO_UNSPENT, LOST_SUCCESSOR] {
+        for q in [NO_TOKEN, LOST_SUCCESSOR, TOKEN_ROWS] {
             v.push(sqlx::query_scalar(q).fetch_one(&pool).await.unwrap());
         }
         v
     };
-    assert_eq!(counts[0], 0, "a session with two unspent refresh tokens");
-    assert_eq!(counts[1], 0, "a spent token whose successor is missing");
+    assert_eq!(counts[0], 0, "a session without its current refresh token");
+    assert_eq!(
+        counts[1], 0,
+        "a rotated session that lost its previous token"
+    );
+    assert_eq!(counts[2], 0, "a refresh wrote a token row");
 }
 
 /// A `SELECT COUNT(*) ... WHERE ... = $1` straight from the database.

@@ -22,6 +22,7 @@ mod invariants;
 mod lifecycle;
 mod logs;
 mod neighbours;
+mod one_row;
 mod openapi;
 mod outage;
 mod production;

@@ -59,6 +59,17 @@ async fn rows(app: &TestApp, table: &str) -> i64 {
     }
 }
 
+/// An invented refresh token: of the old shape (random bits), or of the session-row
+/// shape for a real-looking session id under a tag key that is not the server's.
+fn invented_token(i: usize) -> RefreshToken {
+    if i % 2 == 0 {
+        RefreshToken::generate_legacy()
+    } else {
+        let mac = tessera::tokens::refresh::RefreshMac::new(&[i as u8; 32]);
+        RefreshToken::issue(&mac, uuid::Uuid::now_v7(), 1)
+    }
+}
+
 fn revoke_proof(key: &DpopKey) -> String {
     key.sign(
         &key.header(),
@@ -71,8 +82,8 @@ fn revoke_proof(key: &DpopKey) -> String {
 async fn invented_refresh_tokens_leave_no_dpop_proofs(backend: Backend) {
     let app = spawn_app_with(backend, &[("TESSERA_LOGIN_THROTTLE", "off")]).await;
     let key = DpopKey::es256();
-    for _ in 0..300 {
-        let invented = RefreshToken::generate();
+    for i in 0..300 {
+        let invented = invented_token(i);
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", invented.expose()),
@@ -81,8 +92,8 @@ async fn invented_refresh_tokens_leave_no_dpop_proofs(backend: Backend) {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
         assert_eq!(a.body["error"], "invalid_grant", "{}", a.body);
     }
-    for _ in 0..300 {
-        let invented = RefreshToken::generate();
+    for i in 0..300 {
+        let invented = invented_token(i);
         let status = app
             .client
             .post(app.url("/oauth/revoke"))
@@ -164,7 +175,7 @@ async fn unknown_refresh_tokens_are_throttled_per_address(backend: Backend) {
     let attacker = "198.51.100.7";
     let mut first_429 = None;
     for i in 1..=40 {
-        let r = refresh_from(&app, attacker, RefreshToken::generate().expose()).await;
+        let r = refresh_from(&app, attacker, RefreshToken::generate_legacy().expose()).await;
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             let retry: i64 = r.headers()["retry-after"]
                 .to_str()

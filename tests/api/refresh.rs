@@ -336,7 +336,7 @@ async fn lifetimes_end_tokens_and_sessions(backend: Backend) {
         .unwrap();
     let state = auth
         .store
-        .token_state(g3.refresh_token.hash())
+        .token_state(auth.presented(&g3.refresh_token).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -353,7 +353,7 @@ async fn lifetimes_end_tokens_and_sessions(backend: Backend) {
 
 async fn unknown_and_malformed_refresh_tokens_are_invalid_grant(backend: Backend) {
     let app = spawn_app(backend).await;
-    let unknown = tessera::tokens::refresh::RefreshToken::generate();
+    let unknown = tessera::tokens::refresh::RefreshToken::generate_legacy();
     for token in [unknown.expose(), "tsr_short", "garbage", &"x".repeat(3000)] {
         let (status, body) = app.refresh(token).await;
         assert_eq!(

@@ -61,8 +61,8 @@ async fn add_sessions(app: &TestApp, user: Uuid, count: usize) -> Vec<Uuid> {
         let store = app.state.auth.store.clone();
         let session = TestApp::new_session(user, now);
         ids.push(session.id);
+        let token = app.state.auth.first_refresh_token(session.id);
         pending.push(tokio::spawn(async move {
-            let token = tessera::tokens::refresh::RefreshToken::generate();
             let created = store
                 .create_session(&session, token.hash(), now + 3600, &Default::default())
                 .await

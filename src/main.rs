@@ -117,7 +117,12 @@ fn init_logging(filter: &str, format: &str) {
 
 async fn run(cli: Cli) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    init_logging(&config.log, &config.log_format);
+    // `RUST_LOG`, the Rust convention, is honoured when `TESSERA_LOG` is not set.
+    let filter = match (std::env::var_os("TESSERA_LOG"), std::env::var("RUST_LOG")) {
+        (None, Ok(rust_log)) if !rust_log.trim().is_empty() => rust_log,
+        _ => config.log.clone(),
+    };
+    init_logging(&filter, &config.log_format);
     match cli.command {
         Command::Serve => {
             let server = Server::bind(&config).await?;

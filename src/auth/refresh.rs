@@ -67,20 +67,33 @@ impl Auth {
             return Err(AuthError::Throttled(retry_after));
         }
 
-        match self
-            .rotate(
-                &parent,
-                presented,
-                &presenter,
-                dpop.map(claim_of),
-                caller,
-                now,
-            )
+        // A registered client never changes, so its own policy (a confidential client
+        // authenticates, a client may require DPoP) is known from the cache, not
+        // re-read by the rotation statement: a request it refuses skips the rotation
+        // and is judged below, which names the reason.
+        let policy_refuses = self
+            .cached_client(client_id.unwrap_or(DEFAULT_CLIENT))
             .await?
-        {
-            Some(Ok(grant)) => return Ok(grant),
-            Some(Err(e)) => return Err(e),
-            None => {}
+            .is_some_and(|c| {
+                (c.secret_hash.is_some() && !presenter.authenticated)
+                    || (c.require_dpop && presenter.dpop_jkt.is_none())
+            });
+        if !policy_refuses {
+            match self
+                .rotate(
+                    &parent,
+                    presented,
+                    &presenter,
+                    dpop.map(claim_of),
+                    caller,
+                    now,
+                )
+                .await?
+            {
+                Some(Ok(grant)) => return Ok(grant),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
         }
         let Some(state) = self.store.token_state(presented).await? else {
             self.count_unknown_refresh(caller.ip.as_deref(), now)

@@ -29,6 +29,18 @@ pub(super) struct PgTarget {
 }
 
 /// Parses a PostgreSQL URL into connect options with libpq's TLS rules applied.
+/// Whether a PostgreSQL host names this machine: a loopback address, `localhost`, or a
+/// Unix socket directory.
+fn is_local(host: &str) -> bool {
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub(super) fn connect_options(url: &str) -> Result<PgTarget, StoreError> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut root_cert = std::env::var("PGSSLROOTCERT").ok();
@@ -54,6 +66,17 @@ pub(super) fn connect_options(url: &str) -> Result<PgTarget, StoreError> {
     };
     let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| StoreError::Connect(format!("TESSERA_DATABASE_URL: {e}")))?;
+    // A database on this machine (a loopback address or a Unix socket) named with no
+    // sslmode is reached in the clear: the traffic never leaves the host, and TLS
+    // would cost both ends CPU on every statement. libpq's `prefer` would negotiate
+    // TLS; `sslmode=require` (or PGSSLMODE) still asks for it.
+    let mode_given = kept
+        .iter()
+        .any(|p| p.split_once('=').map_or(*p, |(k, _)| k) == "sslmode")
+        || std::env::var_os("PGSSLMODE").is_some();
+    if !mode_given && is_local(options.get_host()) {
+        options = options.ssl_mode(PgSslMode::Disable);
+    }
     if system && !matches!(options.get_ssl_mode(), PgSslMode::VerifyFull) {
         return Err(StoreError::Connect(
             "TESSERA_DATABASE_URL: sslrootcert=system needs sslmode=verify-full (as in libpq): \
@@ -175,6 +198,35 @@ mod tests {
         );
         let plain = connect_options("postgres://u@db/x?sslmode=require").unwrap();
         assert!(matches!(plain.options.get_ssl_mode(), PgSslMode::Require));
+    }
+
+    /// Loopback and Unix sockets with no sslmode: in the clear; anywhere else, or with
+    /// an sslmode given, as libpq (`prefer` by default).
+    #[test]
+    fn a_local_database_named_without_sslmode_is_reached_in_the_clear() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        let mode = |url: &str| connect_options(url).unwrap().options.get_ssl_mode();
+        for local in [
+            "postgres://u@127.0.0.1/x",
+            "postgres://u@127.1.2.3:5433/x",
+            "postgres://u@localhost/x",
+            "postgres://u@[::1]/x",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/x",
+        ] {
+            assert!(matches!(mode(local), PgSslMode::Disable), "{local}");
+        }
+        assert!(matches!(mode("postgres://u@db/x"), PgSslMode::Prefer));
+        assert!(matches!(mode("postgres://u@10.0.0.5/x"), PgSslMode::Prefer));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/x?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/x?sslmode=prefer"),
+            PgSslMode::Prefer
+        ));
     }
 
     #[test]

@@ -138,6 +138,18 @@ async fn relay(mut listener: PgListener, feed: broadcast::Sender<Revocation>) {
     }
 }
 
+/// What a rotation statement returned for the session it moved on.
+fn rotated_row(row: &Row) -> Result<Rotated, sqlx::Error> {
+    Ok(Rotated {
+        session_id: row.try_get("session_id")?,
+        user_id: row.try_get("user_id")?,
+        client_id: row.try_get("client_id")?,
+        scope: row.try_get("scope")?,
+        roles: super::roles_from(row.try_get("roles")?),
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
 /// Takes the row lock `name` in `locks` until the transaction ends, waiting for it.
 /// Row locks, not advisory ones: a role without UPDATE on Tessera's tables cannot take
 /// them (advisory keys are shared by every role that can connect).
@@ -278,7 +290,11 @@ impl super::Store for PgStore {
                     generation,
                     hash,
                 } => {
-                    sqlx::query(super::sessions::pg::ROTATE)
+                    let sql = match r.proof {
+                        Some(_) => super::sessions::pg::ROTATE_WITH_PROOF,
+                        None => super::sessions::pg::ROTATE,
+                    };
+                    let query = sqlx::query(sql)
                         .bind(session_id)
                         .bind(generation)
                         .bind(&hash.0[..])
@@ -287,13 +303,20 @@ impl super::Store for PgStore {
                         .bind(r.now)
                         .bind(r.ttl_secs)
                         .bind(&r.client_id)
-                        .bind(r.authenticated)
                         .bind(&r.scope)
                         .bind(&r.caller_ip)
                         .bind(r.caller_agent)
-                        .bind(&r.dpop_jkt)
-                        .bind(proof_key)
-                        .bind(proof_expires)
+                        .bind(&r.dpop_jkt);
+                    let Some(proof) = r.proof else {
+                        // The bearer statement: a row when it rotated, none when not.
+                        return match query.fetch_optional(&self.pool).await? {
+                            Some(row) => Ok(Rotate::Rotated(rotated_row(&row)?)),
+                            None => Ok(Rotate::Refused),
+                        };
+                    };
+                    query
+                        .bind(proof.key.to_vec())
+                        .bind(proof.expires_at)
                         .fetch_one(&self.pool)
                         .await?
                 }
@@ -319,17 +342,13 @@ impl super::Store for PgStore {
             if !row.try_get::<bool, _>("proof_fresh")? {
                 return Ok(Rotate::ProofReplayed);
             }
-            let Some(session_id) = row.try_get("session_id")? else {
+            if row
+                .try_get::<Option<uuid::Uuid>, _>("session_id")?
+                .is_none()
+            {
                 return Ok(Rotate::Refused);
-            };
-            Ok(Rotate::Rotated(Rotated {
-                session_id,
-                user_id: row.try_get("user_id")?,
-                client_id: row.try_get("client_id")?,
-                scope: row.try_get("scope")?,
-                roles: super::roles_from(row.try_get("roles")?),
-                expires_at: row.try_get("expires_at")?,
-            }))
+            }
+            Ok(Rotate::Rotated(rotated_row(&row)?))
         })
     }
 

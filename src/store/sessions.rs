@@ -125,50 +125,68 @@ RETURNING replays";
 
 /// PostgreSQL's rotations: one statement each.
 pub(crate) mod pg {
-    /// Moves the session from generation `$2` (whose token hashes to `$3`) to the next:
-    /// the new token's hash `$4`, the new one sealed under the old `$5`, the rules held
-    /// (token and session live, user enabled, the session's client asking `$8`,
-    /// authenticated `$9` if it is confidential, a narrower scope `$10` within the
-    /// session's, the DPoP key `$13` the session is bound to, a proof when the client
-    /// requires one). The request's DPoP proof (`$14`, until `$15`) is remembered in the
-    /// same statement, only if the session exists, and nothing moves if it was seen
-    /// before. One row updated, no row inserted, no indexed column written: a HOT
-    /// update. Concurrent callers queue on the row lock; the losers re-check
-    /// `generation = $2` on the new version, fail it, and change nothing. The row lock
-    /// also orders the update against a revocation: one that commits first makes this
-    /// statement match nothing.
-    pub const ROTATE: &str = "
-WITH proof AS (
-    INSERT INTO dpop_proofs (key, expires_at)
-    SELECT $14, $15 WHERE $14::bytea IS NOT NULL
-       AND EXISTS (SELECT 1 FROM sessions WHERE id = $1)
-    ON CONFLICT DO NOTHING
-    RETURNING key
-), rotated AS (
-    UPDATE sessions AS s
+    /// The update both rotation statements make (a literal, so it can be embedded).
+    macro_rules! rotate_update {
+        () => {
+            "UPDATE sessions AS s
        SET generation = s.generation + 1, token_hash = $4,
            token_issued_at = GREATEST($6, floor(extract(epoch FROM clock_timestamp()))::bigint),
            token_expires_at = LEAST($6 + $7, s.expires_at),
            last_used_at = GREATEST($6, floor(extract(epoch FROM clock_timestamp()))::bigint),
            prev_hash = s.token_hash, prev_sealed = $5, prev_replays = 0,
-           prev_ip = $11, prev_agent = $12
+           prev_ip = $10, prev_agent = $11
       FROM users AS u
      WHERE s.id = $1 AND s.generation = $2 AND s.token_hash = $3 AND s.token_expires_at > $6
        AND s.revoked_at IS NULL AND s.expires_at > $6
        AND u.id = s.user_id AND u.disabled_at IS NULL
-       AND ($8::text IS NULL OR s.client_id = $8)
-       AND ($10::text[] IS NULL OR $10::text[] <@ string_to_array(s.scope, ' '))
-       AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $13::text)
-       AND NOT EXISTS (SELECT 1 FROM clients AS c WHERE c.id = s.client_id
-             AND ((c.secret_hash IS NOT NULL AND NOT $9::boolean)
-                  OR (c.require_dpop AND $13::text IS NULL)))
-       AND ($14::bytea IS NULL OR EXISTS (SELECT 1 FROM proof))
+       AND s.client_id = $8
+       AND ($9::text[] IS NULL OR $9::text[] <@ string_to_array(s.scope, ' '))
+       AND (s.dpop_jkt IS NULL OR s.dpop_jkt = $12::text)"
+        };
+    }
+
+    /// Moves the session from generation `$2` (whose token hashes to `$3`) to the next:
+    /// the new token's hash `$4`, the new one sealed under the old `$5`, `$6` now, `$7`
+    /// the token lifetime, `$10` and `$11` who rotates (address, user-agent
+    /// fingerprint), the rules held: token and session live, user enabled, the
+    /// session's client asking (`$8`), a narrower scope `$9` within the session's, the
+    /// DPoP key `$12` the session is bound to. The client's own policy (a confidential
+    /// client must have authenticated, a client may require DPoP) is checked before,
+    /// from the client cache: a registered client never changes.
+    ///
+    /// One row updated, no row inserted, no indexed column written: a HOT update.
+    /// Concurrent callers queue on the row lock; the losers re-check `generation = $2`
+    /// on the new version, fail it, and change nothing. The row lock also orders the
+    /// update against a revocation: one that commits first makes it match nothing.
+    pub const ROTATE: &str = concat!(
+        rotate_update!(),
+        "
+    RETURNING s.id AS session_id, s.user_id, s.client_id, s.scope,
+              s.token_expires_at AS expires_at, u.roles"
+    );
+
+    /// [`ROTATE`] with the request's DPoP proof (`$13`, until `$14`), remembered in the
+    /// same statement only if the session exists: nothing moves if it was seen before.
+    /// Always one row: whether the proof was fresh, and the rotation if there was one.
+    pub const ROTATE_WITH_PROOF: &str = concat!(
+        "
+WITH proof AS (
+    INSERT INTO dpop_proofs (key, expires_at)
+    SELECT $13, $14 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $1)
+    ON CONFLICT DO NOTHING
+    RETURNING key
+), rotated AS (
+    ",
+        rotate_update!(),
+        "
+       AND EXISTS (SELECT 1 FROM proof)
     RETURNING s.id AS session_id, s.user_id, s.client_id, s.scope,
               s.token_expires_at AS expires_at, u.roles
 )
-SELECT ($14::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)
+SELECT (EXISTS (SELECT 1 FROM proof)
         OR NOT EXISTS (SELECT 1 FROM sessions WHERE id = $1)) AS proof_fresh, r.*
-  FROM (SELECT 1) AS one LEFT JOIN rotated AS r ON true";
+  FROM (SELECT 1) AS one LEFT JOIN rotated AS r ON true"
+    );
 
     /// The last rotation of a legacy token: spent in `refresh_tokens` as before (so a
     /// copy of it presented again is still caught), its session moved from generation
@@ -221,10 +239,8 @@ SELECT ($12::bytea IS NULL OR EXISTS (SELECT 1 FROM proof)
 /// write transaction that begins with the conditional update (the write lock picks the
 /// winner); the scope asked for is checked before commit.
 pub(crate) mod sqlite {
-    /// [`super::pg::ROTATE`]'s update. `$1` session, `$2` generation, `$3` its token's
-    /// hash, `$4` the successor's, `$5` the sealed successor, `$6` now, `$7` the token
-    /// lifetime, `$8` the client asking, `$9` whether it authenticated, `$10` and `$11`
-    /// who rotates (address, user-agent fingerprint), `$12` the proof's key thumbprint.
+    /// [`super::pg::ROTATE`]'s update and parameters but the scope (checked before
+    /// commit): `$9` and `$10` who rotates, `$11` the proof's key thumbprint.
     pub const ROTATE: &str = "
 UPDATE sessions
    SET generation = generation + 1, token_hash = $4,
@@ -232,14 +248,11 @@ UPDATE sessions
        token_expires_at = min($6 + $7, expires_at),
        last_used_at = max($6, CAST(strftime('%s', 'now') AS INTEGER)),
        prev_hash = token_hash, prev_sealed = $5, prev_replays = 0,
-       prev_ip = $10, prev_agent = $11
+       prev_ip = $9, prev_agent = $10
  WHERE id = $1 AND generation = $2 AND token_hash = $3 AND token_expires_at > $6
-   AND revoked_at IS NULL AND expires_at > $6
-   AND ($8 IS NULL OR client_id = $8)
-   AND (dpop_jkt IS NULL OR dpop_jkt = $12)
+   AND revoked_at IS NULL AND expires_at > $6 AND client_id = $8
+   AND (dpop_jkt IS NULL OR dpop_jkt = $11)
    AND EXISTS (SELECT 1 FROM users AS u WHERE u.id = sessions.user_id AND u.disabled_at IS NULL)
-   AND NOT EXISTS (SELECT 1 FROM clients AS c WHERE c.id = sessions.client_id
-         AND ((c.secret_hash IS NOT NULL AND NOT $9) OR (c.require_dpop AND $12 IS NULL)))
 RETURNING id AS session_id, user_id, client_id, scope, token_expires_at AS expires_at,
           (SELECT roles FROM users WHERE id = sessions.user_id) AS roles";
 

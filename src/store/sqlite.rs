@@ -290,7 +290,6 @@ impl super::Store for SqliteStore {
                         .bind(r.now)
                         .bind(r.ttl_secs)
                         .bind(&r.client_id)
-                        .bind(r.authenticated)
                         .bind(&r.caller_ip)
                         .bind(r.caller_agent)
                         .bind(&r.dpop_jkt)

@@ -81,6 +81,7 @@ pub struct Config {
     pub database_acquire_timeout_ms: u32,
     pub database_statement_timeout_ms: u32,
     pub database_max_connections: u32,
+    pub database_rotation_batch: u32,
     pub log: String,
     pub default_client_scopes: String,
     pub header_read_timeout_secs: u32,

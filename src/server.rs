@@ -62,6 +62,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             statement_timeout: Duration::from_millis(u64::from(
                 config.database_statement_timeout_ms,
             )),
+            rotation_batch: config.database_rotation_batch as usize,
         },
     )
     .await?;

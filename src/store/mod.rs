@@ -3,6 +3,7 @@
 //! in [`shared`]; only what must differ (rotation, connection, migrations) is written
 //! per backend.
 
+mod batch;
 mod clients;
 mod lifecycle;
 mod pg_tls;
@@ -46,6 +47,22 @@ pub enum StoreError {
     /// says where, how (TLS settings) and why, never with the password.
     #[error("{0}")]
     Connect(String),
+}
+
+impl StoreError {
+    /// The same error for another waiter on one failed statement (a batch's rotations;
+    /// `sqlx::Error` is not `Clone`): the same meaning, the cause as text.
+    pub(crate) fn duplicate(&self) -> StoreError {
+        let text = |e: &dyn std::fmt::Display| sqlx::Error::Protocol(e.to_string());
+        match self {
+            StoreError::Conflict => StoreError::Conflict,
+            StoreError::InvalidInput => StoreError::InvalidInput,
+            StoreError::Unavailable(e) => StoreError::Unavailable(text(e)),
+            StoreError::Other(e) => StoreError::Other(text(e)),
+            StoreError::Migrate(e) => StoreError::Other(text(e)),
+            StoreError::Connect(s) => StoreError::Connect(s.clone()),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -532,6 +549,9 @@ pub struct PoolSettings {
     /// request that gives up has had its statement cancelled by the database, never left
     /// queued to commit after the client was told it failed.
     pub statement_timeout: std::time::Duration,
+    /// PostgreSQL: at most this many plain refreshes share one statement (0: each its
+    /// own). See `store::batch`.
+    pub rotation_batch: usize,
 }
 
 impl PoolSettings {
@@ -541,6 +561,7 @@ impl PoolSettings {
             max_connections,
             acquire_timeout: std::time::Duration::from_secs(5),
             statement_timeout: std::time::Duration::from_secs(5),
+            rotation_batch: 0,
         }
     }
 }

@@ -26,7 +26,12 @@ pub struct PgStore {
     /// One connection for readiness checks, apart from the request pool.
     probe: PgPool,
     feed: broadcast::Sender<Revocation>,
+    /// Where plain refreshes queue to share a statement, if batching is on.
+    batcher: Option<std::sync::Arc<super::batch::Batcher>>,
 }
+
+/// Batches in flight at once (each on a connection of the pool).
+const BATCH_WORKERS: usize = 4;
 
 /// The advisory lock instances take turns on to migrate (closing the connection frees it).
 const MIGRATION_LOCK: i64 = 7_365_820;
@@ -76,7 +81,15 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         tokio::spawn(relay(listener, feed.clone()));
-        Ok(Self { pool, probe, feed })
+        let batcher = (settings.rotation_batch > 1).then(|| {
+            super::batch::Batcher::start(pool.clone(), BATCH_WORKERS, settings.rotation_batch)
+        });
+        Ok(Self {
+            pool,
+            probe,
+            feed,
+            batcher,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -139,7 +152,7 @@ async fn relay(mut listener: PgListener, feed: broadcast::Sender<Revocation>) {
 }
 
 /// What a rotation statement returned for the session it moved on.
-fn rotated_row(row: &Row) -> Result<Rotated, sqlx::Error> {
+pub(super) fn rotated_row(row: &Row) -> Result<Rotated, sqlx::Error> {
     Ok(Rotated {
         session_id: row.try_get("session_id")?,
         user_id: row.try_get("user_id")?,
@@ -284,6 +297,36 @@ impl super::Store for PgStore {
             use crate::tokens::refresh::Presented;
             let proof_key = r.proof.as_ref().map(|p| p.key.to_vec());
             let proof_expires = r.proof.map(|p| p.expires_at);
+            if let (
+                Some(batcher),
+                Presented::Session {
+                    session_id,
+                    generation,
+                    hash,
+                },
+                None,
+                None,
+                Some(client_id),
+            ) = (&self.batcher, r.parent, r.proof, &r.scope, &r.client_id)
+            {
+                let plain = super::batch::Plain {
+                    session_id,
+                    generation,
+                    hash: hash.0.to_vec(),
+                    successor: r.successor.0.to_vec(),
+                    sealed: r.sealed_successor.clone(),
+                    now: r.now,
+                    ttl_secs: r.ttl_secs,
+                    client_id: client_id.clone(),
+                    ip: r.caller_ip.clone(),
+                    agent: r.caller_agent,
+                    dpop_jkt: r.dpop_jkt.clone(),
+                };
+                return Ok(match batcher.rotate(plain).await? {
+                    Some(rotated) => Rotate::Rotated(rotated),
+                    None => Rotate::Refused,
+                });
+            }
             let row = match r.parent {
                 Presented::Session {
                     session_id,

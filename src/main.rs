@@ -117,9 +117,10 @@ fn init_logging(filter: &str, format: &str) {
 
 async fn run(cli: Cli) -> Result<(), StartError> {
     let config = Config::from_env()?;
-    // `RUST_LOG`, the Rust convention, is honoured when `TESSERA_LOG` is not set.
+    // `RUST_LOG`, the Rust convention, is honoured when the log filter was set
+    // nowhere else (neither `TESSERA_LOG` nor the configuration file changed it).
     let filter = match (std::env::var_os("TESSERA_LOG"), std::env::var("RUST_LOG")) {
-        (None, Ok(rust_log)) if !rust_log.trim().is_empty() => rust_log,
+        (None, Ok(rust_log)) if !rust_log.trim().is_empty() && config.log == "info" => rust_log,
         _ => config.log.clone(),
     };
     init_logging(&filter, &config.log_format);

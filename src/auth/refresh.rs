@@ -41,10 +41,11 @@ impl Auth {
         now: i64,
     ) -> Result<Grant, AuthError> {
         // The client and the scope are checked inside the rotation statement (the token
-        // must be the caller's, authenticated if it is confidential; the scope within
-        // the session's), so the common case stays one round trip. A caller naming no
+        // must be the caller's, the scope within the session's; the client's own policy
+        // just below), so the common case stays one round trip. A caller naming no
         // client speaks for the default one: the session's client is always compared.
-        let client_id = Some(validate::client_id(client.id())?.unwrap_or(DEFAULT_CLIENT));
+        let named = validate::client_id(client.id())?.unwrap_or(DEFAULT_CLIENT);
+        let client_id = Some(named);
         let asked = asked_scope(scope)?;
         let presenter = Presenter {
             client_id,
@@ -71,13 +72,10 @@ impl Auth {
         // authenticates, a client may require DPoP) is known from the cache, not
         // re-read by the rotation statement: a request it refuses skips the rotation
         // and is judged below, which names the reason.
-        let policy_refuses = self
-            .cached_client(client_id.unwrap_or(DEFAULT_CLIENT))
-            .await?
-            .is_some_and(|c| {
-                (c.secret_hash.is_some() && !presenter.authenticated)
-                    || (c.require_dpop && presenter.dpop_jkt.is_none())
-            });
+        let policy_refuses = self.cached_client(named).await?.is_some_and(|c| {
+            (c.secret_hash.is_some() && !presenter.authenticated)
+                || (c.require_dpop && presenter.dpop_jkt.is_none())
+        });
         if !policy_refuses {
             match self
                 .rotate(

@@ -28,12 +28,10 @@ pub(super) struct PgTarget {
     pub describe: String,
 }
 
-/// Parses a PostgreSQL URL into connect options with libpq's TLS rules applied.
-/// Whether a PostgreSQL host names this machine: a loopback address, `localhost`, or a
-/// Unix socket directory.
+/// Whether a PostgreSQL host is this machine: a loopback address or a Unix socket
+/// directory (not the name `localhost`, which a resolver decides).
 fn is_local(host: &str) -> bool {
     host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -41,6 +39,7 @@ fn is_local(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Parses a PostgreSQL URL into connect options with libpq's TLS rules applied.
 pub(super) fn connect_options(url: &str) -> Result<PgTarget, StoreError> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut root_cert = std::env::var("PGSSLROOTCERT").ok();
@@ -67,13 +66,15 @@ pub(super) fn connect_options(url: &str) -> Result<PgTarget, StoreError> {
     let mut options = PgConnectOptions::from_str(&url)
         .map_err(|e| StoreError::Connect(format!("TESSERA_DATABASE_URL: {e}")))?;
     // A database on this machine (a loopback address or a Unix socket) named with no
-    // sslmode is reached in the clear: the traffic never leaves the host, and TLS
-    // would cost both ends CPU on every statement. libpq's `prefer` would negotiate
-    // TLS; `sslmode=require` (or PGSSLMODE) still asks for it.
-    let mode_given = kept
-        .iter()
-        .any(|p| p.split_once('=').map_or(*p, |(k, _)| k) == "sslmode")
-        || std::env::var_os("PGSSLMODE").is_some();
+    // TLS setting at all is reached in the clear: the traffic never leaves the host,
+    // and TLS would cost both ends CPU on every statement. libpq's `prefer` would
+    // negotiate TLS; any `ssl*` parameter (or PGSSLMODE, PGSSLROOTCERT) keeps libpq's
+    // rules.
+    let mode_given = query
+        .split('&')
+        .any(|p| p.split_once('=').map_or(p, |(k, _)| k).starts_with("ssl"))
+        || std::env::var_os("PGSSLMODE").is_some()
+        || std::env::var_os("PGSSLROOTCERT").is_some();
     if !mode_given && is_local(options.get_host()) {
         options = options.ssl_mode(PgSslMode::Disable);
     }
@@ -204,20 +205,29 @@ mod tests {
     /// an sslmode given, as libpq (`prefer` by default).
     #[test]
     fn a_local_database_named_without_sslmode_is_reached_in_the_clear() {
-        if std::env::var_os("PGSSLMODE").is_some() {
+        if std::env::var_os("PGSSLMODE").is_some() || std::env::var_os("PGSSLROOTCERT").is_some() {
             return;
         }
         let mode = |url: &str| connect_options(url).unwrap().options.get_ssl_mode();
         for local in [
             "postgres://u@127.0.0.1/x",
             "postgres://u@127.1.2.3:5433/x",
-            "postgres://u@localhost/x",
             "postgres://u@[::1]/x",
             "postgres://u@%2Fvar%2Frun%2Fpostgresql/x",
         ] {
             assert!(matches!(mode(local), PgSslMode::Disable), "{local}");
         }
         assert!(matches!(mode("postgres://u@db/x"), PgSslMode::Prefer));
+        assert!(matches!(
+            mode("postgres://u@localhost/x"),
+            PgSslMode::Prefer
+        ));
+        let ca = ca_file();
+        let with_ca = format!("postgres://u@127.0.0.1/x?sslrootcert={}", ca.display());
+        assert!(
+            !matches!(mode(&with_ca), PgSslMode::Disable),
+            "a CA given means TLS"
+        );
         assert!(matches!(mode("postgres://u@10.0.0.5/x"), PgSslMode::Prefer));
         assert!(matches!(
             mode("postgres://u@127.0.0.1/x?sslmode=require"),

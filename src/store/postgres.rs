@@ -28,6 +28,8 @@ pub struct PgStore {
     feed: broadcast::Sender<Revocation>,
     /// Where plain refreshes queue to share a statement, if batching is on.
     batcher: Option<std::sync::Arc<super::batch::Batcher>>,
+    /// How long a request may wait for a connection (a batch's wait counts).
+    acquire_timeout: Duration,
 }
 
 /// Batches in flight at once (each on a connection of the pool).
@@ -82,13 +84,19 @@ impl PgStore {
         listener.listen(CHANNEL).await?;
         tokio::spawn(relay(listener, feed.clone()));
         let batcher = (settings.rotation_batch > 1).then(|| {
-            super::batch::Batcher::start(pool.clone(), BATCH_WORKERS, settings.rotation_batch)
+            super::batch::Batcher::start(
+                pool.clone(),
+                BATCH_WORKERS,
+                settings.rotation_batch,
+                settings.acquire_timeout,
+            )
         });
         Ok(Self {
             pool,
             probe,
             feed,
             batcher,
+            acquire_timeout: settings.acquire_timeout,
         })
     }
 
@@ -297,7 +305,7 @@ impl super::Store for PgStore {
             use crate::tokens::refresh::Presented;
             let proof_key = r.proof.as_ref().map(|p| p.key.to_vec());
             let proof_expires = r.proof.map(|p| p.expires_at);
-            if let (
+            let mut conn = if let (
                 Some(batcher),
                 Presented::Session {
                     session_id,
@@ -305,9 +313,8 @@ impl super::Store for PgStore {
                     hash,
                 },
                 None,
-                None,
                 Some(client_id),
-            ) = (&self.batcher, r.parent, r.proof, &r.scope, &r.client_id)
+            ) = (&self.batcher, r.parent, &r.scope, &r.client_id)
             {
                 let plain = super::batch::Plain {
                     session_id,
@@ -321,12 +328,24 @@ impl super::Store for PgStore {
                     ip: r.caller_ip.clone(),
                     agent: r.caller_agent,
                     dpop_jkt: r.dpop_jkt.clone(),
+                    proof: r.proof,
+                    queued: std::time::Instant::now(),
                 };
-                return Ok(match batcher.rotate(plain).await? {
-                    Some(rotated) => Rotate::Rotated(rotated),
-                    None => Rotate::Refused,
-                });
-            }
+                // A session whose row another transaction holds was skipped by the
+                // batch: the single statement below waits for it.
+                let queued = plain.queued;
+                if let super::batch::Batched::Done(outcome) = batcher.rotate(plain).await? {
+                    return Ok(outcome);
+                }
+                // Within what a request may wait for a connection, counted from when it
+                // was queued: the statement's own timeout then bounds the rest.
+                let left = self.acquire_timeout.saturating_sub(queued.elapsed());
+                tokio::time::timeout(left, self.pool.acquire())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??
+            } else {
+                self.pool.acquire().await?
+            };
             let row = match r.parent {
                 Presented::Session {
                     session_id,
@@ -352,7 +371,7 @@ impl super::Store for PgStore {
                         .bind(&r.dpop_jkt);
                     let Some(proof) = r.proof else {
                         // The bearer statement: a row when it rotated, none when not.
-                        return match query.fetch_optional(&self.pool).await? {
+                        return match query.fetch_optional(&mut *conn).await? {
                             Some(row) => Ok(Rotate::Rotated(rotated_row(&row)?)),
                             None => Ok(Rotate::Refused),
                         };
@@ -360,7 +379,7 @@ impl super::Store for PgStore {
                     query
                         .bind(proof.key.to_vec())
                         .bind(proof.expires_at)
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *conn)
                         .await?
                 }
                 Presented::Legacy(hash) => {
@@ -378,7 +397,7 @@ impl super::Store for PgStore {
                         .bind(&r.dpop_jkt)
                         .bind(proof_key)
                         .bind(proof_expires)
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *conn)
                         .await?
                 }
             };

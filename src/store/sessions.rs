@@ -76,6 +76,33 @@ pub(crate) fn state_of(row: SessionTokens, generation: i64, hash: TokenHash) -> 
     }
 }
 
+/// One session, by id.
+pub(crate) const SESSION: &str = concat!(
+    "SELECT ",
+    super::shared::session_cols!(),
+    " FROM sessions WHERE id = $1"
+);
+
+/// A user's live sessions at `$2`, newest first.
+pub(crate) const LIVE_SESSIONS: &str = concat!(
+    "SELECT ",
+    super::shared::session_cols!(),
+    " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+     ORDER BY created_at DESC, id"
+);
+
+/// The user of a live session, if the user is enabled: the live check behind account and
+/// admin routes.
+pub(crate) const LIVE_USER: &str = "SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
+     WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled_at IS NULL";
+
+/// Ends one live session (`$3`) at `$1` for reason `$2`.
+pub(crate) const REVOKE_SESSION: &str = concat!(
+    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+     WHERE id = $3 AND revoked_at IS NULL RETURNING ",
+    super::shared::session_cols!()
+);
+
 /// A session row with its token columns and its user's roles and state.
 pub(crate) const SESSION_TOKENS: &str = "
 SELECT s.id, s.user_id, s.client_id, s.scope, s.created_at, s.last_used_at, s.expires_at,

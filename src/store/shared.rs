@@ -484,11 +484,7 @@ macro_rules! queries {
 
         fn session(&self, id: uuid::Uuid) -> crate::store::StoreFuture<'_, Option<crate::store::Session>> {
             Box::pin(async move {
-                let row = sqlx::query(concat!(
-                    "SELECT ",
-                    crate::store::shared::session_cols!(),
-                    " FROM sessions WHERE id = $1"
-                ))
+                let row = sqlx::query(crate::store::sessions::SESSION)
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -502,12 +498,7 @@ macro_rules! queries {
             now: i64,
         ) -> crate::store::StoreFuture<'_, Vec<crate::store::Session>> {
             Box::pin(async move {
-                let rows = sqlx::query(concat!(
-                    "SELECT ",
-                    crate::store::shared::session_cols!(),
-                    " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
-                     ORDER BY created_at DESC, id"
-                ))
+                let rows = sqlx::query(crate::store::sessions::LIVE_SESSIONS)
                 .bind(user_id)
                 .bind(now)
                 .fetch_all(&self.pool)
@@ -542,11 +533,7 @@ macro_rules! queries {
             now: i64,
         ) -> crate::store::StoreFuture<'_, Option<crate::store::User>> {
             Box::pin(async move {
-                let row = sqlx::query(
-                    "SELECT u.* FROM sessions s JOIN users u ON u.id = s.user_id \
-                     WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
-                       AND u.disabled_at IS NULL",
-                )
+                let row = sqlx::query(crate::store::sessions::LIVE_USER)
                 .bind(session_id)
                 .bind(now)
                 .fetch_optional(&self.pool)
@@ -568,16 +555,11 @@ macro_rules! queries {
         ) -> crate::store::StoreFuture<'a, Vec<crate::store::Session>> {
             Box::pin(async move {
                 use crate::store::Revoke;
-                const BY_ID: &str = concat!(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-                     WHERE id = $3 AND revoked_at IS NULL RETURNING ",
-                    crate::store::shared::session_cols!()
-                );
                 let batch = crate::store::session_limits::REVOKE_BATCH;
                 let mut all = Vec::new();
                 loop {
                     let query = match target {
-                        Revoke::Session(id) => sqlx::query(BY_ID).bind(event.at).bind(reason).bind(id),
+                        Revoke::Session(id) => sqlx::query(crate::store::sessions::REVOKE_SESSION).bind(event.at).bind(reason).bind(id),
                         Revoke::User(user) => sqlx::query(crate::store::session_limits::REVOKE_USER_BATCH)
                             .bind(event.at)
                             .bind(reason)

@@ -62,7 +62,7 @@ async fn rows(app: &TestApp, table: &str) -> i64 {
 /// An invented refresh token: of the old shape (random bits), or of the session-row
 /// shape for a real-looking session id under a tag key that is not the server's.
 fn invented_token(i: usize) -> RefreshToken {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         RefreshToken::generate_legacy()
     } else {
         let mac = tessera::tokens::refresh::RefreshMac::new(&[i as u8; 32]);
@@ -174,7 +174,7 @@ async fn unknown_refresh_tokens_are_throttled_per_address(backend: Backend) {
     let (_, mut attackers_own) = app.user_with_session().await;
     let attacker = "198.51.100.7";
     let mut first_429 = None;
-    for i in 1..=40 {
+    for i in 1..=40_u32 {
         let r = refresh_from(&app, attacker, RefreshToken::generate_legacy().expose()).await;
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             let retry: i64 = r.headers()["retry-after"]
@@ -191,7 +191,7 @@ async fn unknown_refresh_tokens_are_throttled_per_address(backend: Backend) {
                 "refused, then let through again at {i}"
             );
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             // Another address refreshes its real token meanwhile, every time.
             let r = refresh_from(&app, "198.51.100.8", &s(&honest, "refresh_token")).await;
             assert_eq!(r.status(), StatusCode::OK, "honest refresh at {i}");

@@ -73,7 +73,7 @@ async fn a_session_refreshed_in_a_loop_keeps_its_rows_and_its_first_token_ends_i
     let mut token = first.clone();
     for step in 0..n {
         let next = s(&refreshed(&app, &token).await, "refresh_token");
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             let again = refreshed(&app, &token).await;
             assert_eq!(
                 s(&again, "refresh_token"),
@@ -299,4 +299,185 @@ async fn legacy_session(app: &TestApp, session: Uuid, user: Uuid, hash: &[u8], t
             .await
             .unwrap();
     }
+}
+
+/// PostgreSQL's batched rotations: 64 sessions refreshed at once (every fourth twice
+/// with the same token, every fifth revoked first, every eighth also sent an invented
+/// token for its id), so batches form with winners, losers and refusals mixed: each
+/// request gets its own session's answer, a race on one token has one winner whose
+/// successor the loser gets back, and a refused one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_rotations_keep_each_sessions_answer() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        &[("TESSERA_DATABASE_ROTATION_BATCH", "32")],
+    )
+    .await;
+    let (_, tokens) = app.user_with_session().await;
+    let (_, me) = app.get("/v1/me", &s(&tokens, "access_token")).await;
+    let user: Uuid = s(&me, "id").parse().unwrap();
+    let t = now();
+    let auth = &app.state.auth;
+    let mut sessions = Vec::new();
+    for i in 0..64_usize {
+        let session = TestApp::new_session(user, t);
+        let token = auth.first_refresh_token(session.id);
+        assert!(
+            auth.store
+                .create_session(&session, token.hash(), t + 3600, &Default::default())
+                .await
+                .unwrap()
+        );
+        if i.is_multiple_of(5) {
+            auth.store
+                .revoke(
+                    tessera::store::Revoke::Session(session.id),
+                    "test",
+                    &tessera::store::AuditEvent {
+                        at: t,
+                        action: "session_revoked".into(),
+                        ..Default::default()
+                    },
+                    900,
+                )
+                .await
+                .unwrap();
+        }
+        sessions.push((session.id, token.expose().to_owned()));
+    }
+    let forged = RefreshMac::new(&[3; 32]);
+    let mut requests = Vec::new();
+    for (i, (id, token)) in sessions.iter().enumerate() {
+        let copies = if i.is_multiple_of(4) { 2 } else { 1 };
+        for _ in 0..copies {
+            requests.push((i, token.clone()));
+        }
+        if i.is_multiple_of(8) {
+            requests.push((i, RefreshToken::issue(&forged, *id, 1).expose().to_owned()));
+        }
+    }
+    let answers = futures_util::future::join_all(requests.iter().map(|(i, token)| {
+        let (client, url) = (app.client.clone(), app.url("/oauth/token"));
+        let (i, token) = (*i, token.clone());
+        async move {
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token.as_str()),
+            ];
+            let response = client.post(url).form(&form).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (i, token, status, body)
+        }
+    }))
+    .await;
+    let mut successors: std::collections::HashMap<usize, String> = Default::default();
+    for (i, token, status, body) in &answers {
+        let (id, real) = &sessions[*i];
+        if token != real {
+            refused_as(body, *status, (StatusCode::BAD_REQUEST, "invalid_grant"));
+            continue;
+        }
+        if i.is_multiple_of(5) {
+            refused_as(body, *status, (StatusCode::BAD_REQUEST, "invalid_grant"));
+            assert_eq!(
+                count(&app, GENERATION, *id).await,
+                1,
+                "a revoked session moved"
+            );
+            continue;
+        }
+        assert_eq!(*status, StatusCode::OK, "session {i}: {body}");
+        let successor = s(body, "refresh_token");
+        let first = successors.entry(*i).or_insert_with(|| successor.clone());
+        assert_eq!(
+            *first, successor,
+            "session {i}: two answers, two successors"
+        );
+    }
+    for (i, successor) in &successors {
+        let (id, _) = &sessions[*i];
+        assert_eq!(count(&app, GENERATION, *id).await, 2, "session {i}");
+        let presented = auth
+            .presented(&RefreshToken::parse(successor).unwrap())
+            .unwrap();
+        assert!(
+            matches!(presented, tessera::tokens::refresh::Presented::Session { session_id, generation: 2, .. } if session_id == *id),
+            "session {i} got another session's token"
+        );
+    }
+    assert_eq!(successors.len(), 64 - 13, "every live session rotated once");
+    let reuse = auth
+        .store
+        .audit_events(None, Some("refresh_token_reuse"), None, 10)
+        .await
+        .unwrap();
+    assert!(reuse.is_empty(), "a race was judged reuse: {reuse:?}");
+}
+
+/// PostgreSQL's batched rotations beside a session whose row another transaction holds
+/// (a slow revocation, an operator's `SELECT ... FOR UPDATE`): a batch skips that row
+/// instead of waiting for it, so a refresh of another session is answered while the row
+/// is held; the held session's refreshes give up with 503 within the request timeout and
+/// none of them commits afterwards: with no grace window, its token still rotates once
+/// the row is free (a late commit would have spent it, and this refresh would be reuse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_session_neither_stalls_a_batch_nor_commits_after_its_request_gave_up() {
+    use sqlx::Connection as _;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("TESSERA_DATABASE_ROTATION_BATCH", "32"),
+            ("TESSERA_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
+            ("TESSERA_DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+            ("TESSERA_REQUEST_TIMEOUT_SECS", "4"),
+            ("TESSERA_REFRESH_GRACE_SECS", "0"),
+        ],
+    )
+    .await;
+    let (_, held) = app.user_with_session().await;
+    let (_, other) = app.user_with_session().await;
+    let held_session = session_of(&app, &s(&held, "access_token")).await;
+    let held_token = s(&held, "refresh_token");
+    let mut db = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+        .bind(held_session)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let copies: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url, token) = (
+                app.client.clone(),
+                app.url("/oauth/token"),
+                held_token.clone(),
+            );
+            tokio::spawn(async move {
+                let form = [
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                ];
+                client.post(url).form(&form).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    // Answered while the other row is still held.
+    let body = refreshed(&app, &s(&other, "refresh_token")).await;
+    assert_eq!(s(&body, "token_type"), "Bearer");
+    for copy in copies {
+        let status = copy.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a held row's refresh"
+        );
+    }
+    sqlx::query("ROLLBACK").execute(&mut db).await.unwrap();
+    let body = refreshed(&app, &held_token).await;
+    assert_eq!(s(&body, "token_type"), "Bearer");
+    assert_eq!(count(&app, GENERATION, held_session).await, 2);
+    assert_eq!(count(&app, REUSE_EVENTS, held_session).await, 0);
 }

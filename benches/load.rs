@@ -288,7 +288,7 @@ async fn sqlx_rotate_chains(store: Arc<dyn Store>, user_id: Uuid, c: usize, secs
                 sealed_successor: vec![0; 75],
                 now,
                 ttl_secs: 86_400,
-                client_id: None,
+                client_id: Some("app".into()),
                 authenticated: false,
                 scope: None,
                 caller_ip: Some("127.0.0.1".into()),

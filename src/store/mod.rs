@@ -185,7 +185,8 @@ pub struct Rotation {
     pub sealed_successor: Vec<u8>,
     pub now: i64,
     pub ttl_secs: i64,
-    /// When the caller named a client, the token must have been issued to it.
+    /// The client asking (the default one when the request named none): the token must
+    /// have been issued to it. `None` matches no session-row token.
     pub client_id: Option<String>,
     /// Whether the caller authenticated as `client_id`: a confidential client's token
     /// is spent only then.

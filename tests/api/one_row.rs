@@ -262,42 +262,32 @@ async fn legacy_session(app: &TestApp, session: Uuid, user: Uuid, hash: &[u8], t
          VALUES ($1, $2, 'app', '', $3, $3, $4)";
     const TOKEN: &str = "INSERT INTO refresh_tokens (hash, session_id, issued_at, expires_at) \
          VALUES ($1, $2, $3, $4)";
+    // The same two inserts on either store's pool.
+    macro_rules! write_on {
+        ($pool:expr) => {{
+            let pool = $pool;
+            sqlx::query(SESSION)
+                .bind(session)
+                .bind(user)
+                .bind(t)
+                .bind(t + 86_400)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(TOKEN)
+                .bind(hash)
+                .bind(session)
+                .bind(t)
+                .bind(t + 3_600)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }};
+    }
     if app.database_url.starts_with("sqlite") {
-        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
-        sqlx::query(SESSION)
-            .bind(session)
-            .bind(user)
-            .bind(t)
-            .bind(t + 86_400)
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query(TOKEN)
-            .bind(hash)
-            .bind(session)
-            .bind(t)
-            .bind(t + 3_600)
-            .execute(&pool)
-            .await
-            .unwrap();
+        write_on!(sqlx::SqlitePool::connect(&app.database_url).await.unwrap());
     } else {
-        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
-        sqlx::query(SESSION)
-            .bind(session)
-            .bind(user)
-            .bind(t)
-            .bind(t + 86_400)
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query(TOKEN)
-            .bind(hash)
-            .bind(session)
-            .bind(t)
-            .bind(t + 3_600)
-            .execute(&pool)
-            .await
-            .unwrap();
+        write_on!(sqlx::PgPool::connect(&app.database_url).await.unwrap());
     }
 }
 

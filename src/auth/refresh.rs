@@ -71,7 +71,8 @@ impl Auth {
         // A registered client never changes, so its own policy (a confidential client
         // authenticates, a client may require DPoP) is known from the cache, not
         // re-read by the rotation statement: a request it refuses skips the rotation
-        // and is judged below, which names the reason.
+        // and is judged below, which names the reason. (A client that can be edited
+        // would bring this check back into the statement: the cache lags 30 s.)
         let policy_refuses = self.cached_client(named).await?.is_some_and(|c| {
             (c.secret_hash.is_some() && !presenter.authenticated)
                 || (c.require_dpop && presenter.dpop_jkt.is_none())

@@ -47,9 +47,12 @@ pub(crate) struct Batcher {
 }
 
 /// The batch's sessions, locked first, in id order, skipping any row another
-/// transaction holds: a batch never waits for a row lock, so it can neither deadlock
-/// with another batch or a revocation nor stall the rotations riding with a locked
-/// session. A skipped rotation goes through the single statement instead, which waits.
+/// transaction holds: a batch never waits for a session's row, so it can neither
+/// deadlock with another batch or a revocation nor stall the rotations riding with a
+/// locked session. A skipped rotation goes through the single statement instead, which
+/// waits. The one wait left is on another transaction claiming the same DPoP proof;
+/// every statement locks its sessions before it claims proofs, and a batch claims them
+/// in key order, so those waits cannot form a circle.
 macro_rules! locked {
     () => {
         "locked AS MATERIALIZED (
@@ -124,6 +127,7 @@ const ROTATE_BATCH_WITH_PROOFS: &str = concat!(
     INSERT INTO dpop_proofs (key, expires_at)
     SELECT i.proof, i.proof_expires FROM input AS i JOIN locked AS l ON l.id = i.id
      WHERE i.proof IS NOT NULL
+     ORDER BY i.proof
     ON CONFLICT DO NOTHING
     RETURNING key
 ), ",
@@ -233,6 +237,15 @@ fn admit(batch: &mut Vec<(Plain, Reply)>, deferred: &mut Vec<(Plain, Reply)>, jo
 }
 
 async fn run(pool: &PgPool, mut batch: Vec<(Plain, Reply)>, wait_limit: Duration) {
+    // A request that gave up (its future dropped) or waited too long is not run: its
+    // client was, or is about to be, told it failed (its reply, dropped, says 503).
+    let live = |(plain, reply): &(Plain, Reply)| {
+        !reply.is_closed() && plain.queued.elapsed() <= wait_limit
+    };
+    batch.retain(live);
+    if batch.is_empty() {
+        return;
+    }
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
@@ -243,9 +256,8 @@ async fn run(pool: &PgPool, mut batch: Vec<(Plain, Reply)>, wait_limit: Duration
             return;
         }
     };
-    // A request that gave up (its future dropped) or waited too long is not run: its
-    // client was, or is about to be, told it failed.
-    batch.retain(|(plain, reply)| !reply.is_closed() && plain.queued.elapsed() <= wait_limit);
+    // Again: the connection may have taken a while.
+    batch.retain(live);
     if batch.is_empty() {
         return;
     }
@@ -310,19 +322,29 @@ async fn run(pool: &PgPool, mut batch: Vec<(Plain, Reply)>, wait_limit: Duration
         }
     };
     let mut outcomes: HashMap<Uuid, super::Rotate> = HashMap::with_capacity(rows.len());
+    let mut unreadable = false;
     for row in &rows {
         match outcome(row) {
             Ok((id, o)) => {
                 outcomes.insert(id, o);
             }
-            Err(e) => tracing::warn!(error = %e, "a batched rotation's row could not be read"),
+            Err(e) => {
+                unreadable = true;
+                tracing::warn!(error = %e, "a batched rotation's row could not be read");
+            }
         }
     }
     for (plain, reply) in batch {
-        let outcome = outcomes
-            .remove(&plain.session_id)
-            .map_or(Batched::Skipped, Batched::Done);
-        let _ = reply.send(Ok(outcome));
+        // A session missing from the answer was not locked, so not tried: unless a row
+        // could not be read, which may have been its rotation.
+        let answer = match outcomes.remove(&plain.session_id) {
+            Some(outcome) => Ok(Batched::Done(outcome)),
+            None if unreadable => Err(StoreError::Other(sqlx::Error::Protocol(
+                "a batched rotation's answer could not be read".into(),
+            ))),
+            None => Ok(Batched::Skipped),
+        };
+        let _ = reply.send(answer);
     }
 }
 

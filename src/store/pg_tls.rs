@@ -68,13 +68,11 @@ pub(super) fn connect_options(url: &str) -> Result<PgTarget, StoreError> {
     // A database on this machine (a loopback address or a Unix socket) named with no
     // TLS setting at all is reached in the clear: the traffic never leaves the host,
     // and TLS would cost both ends CPU on every statement. libpq's `prefer` would
-    // negotiate TLS; any `ssl*` parameter (or PGSSLMODE, PGSSLROOTCERT) keeps libpq's
-    // rules.
+    // negotiate TLS; any `ssl*` parameter (or `PGSSL*` variable) keeps libpq's rules.
     let mode_given = query
         .split('&')
         .any(|p| p.split_once('=').map_or(p, |(k, _)| k).starts_with("ssl"))
-        || std::env::var_os("PGSSLMODE").is_some()
-        || std::env::var_os("PGSSLROOTCERT").is_some();
+        || std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PGSSL"));
     if !mode_given && is_local(options.get_host()) {
         options = options.ssl_mode(PgSslMode::Disable);
     }
@@ -205,7 +203,7 @@ mod tests {
     /// an sslmode given, as libpq (`prefer` by default).
     #[test]
     fn a_local_database_named_without_sslmode_is_reached_in_the_clear() {
-        if std::env::var_os("PGSSLMODE").is_some() || std::env::var_os("PGSSLROOTCERT").is_some() {
+        if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("PGSSL")) {
             return;
         }
         let mode = |url: &str| connect_options(url).unwrap().options.get_ssl_mode();

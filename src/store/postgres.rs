@@ -338,8 +338,12 @@ impl super::Store for PgStore {
                     return Ok(outcome);
                 }
                 // Within what a request may wait for a connection, counted from when it
-                // was queued: the statement's own timeout then bounds the rest.
+                // was queued (the batch's own statement included): the statement's own
+                // timeout then bounds the rest, as for any request.
                 let left = self.acquire_timeout.saturating_sub(queued.elapsed());
+                if left.is_zero() {
+                    return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+                }
                 tokio::time::timeout(left, self.pool.acquire())
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)??

@@ -195,11 +195,15 @@ pub(crate) mod pg {
     /// [`ROTATE`] with the request's DPoP proof (`$13`, until `$14`), remembered in the
     /// same statement only if the session exists: nothing moves if it was seen before.
     /// Always one row: whether the proof was fresh, and the rotation if there was one.
+    /// The session's row is locked before the proof is claimed, as a batch does, so a
+    /// statement and a batch claiming one proof never wait on each other in a circle.
     pub const ROTATE_WITH_PROOF: &str = concat!(
         "
-WITH proof AS (
+WITH locked AS MATERIALIZED (
+    SELECT id FROM sessions WHERE id = $1 FOR NO KEY UPDATE
+), proof AS (
     INSERT INTO dpop_proofs (key, expires_at)
-    SELECT $13, $14 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $1)
+    SELECT $13, $14 WHERE EXISTS (SELECT 1 FROM locked)
     ON CONFLICT DO NOTHING
     RETURNING key
 ), rotated AS (

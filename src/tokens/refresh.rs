@@ -77,14 +77,6 @@ pub enum Presented {
     Legacy(TokenHash),
 }
 
-impl Presented {
-    pub fn hash(&self) -> TokenHash {
-        match self {
-            Self::Session { hash, .. } | Self::Legacy(hash) => *hash,
-        }
-    }
-}
-
 impl RefreshToken {
     /// The token of `generation` of `session`: 256 fresh random bits, tagged.
     pub fn issue(mac: &RefreshMac, session: Uuid, generation: i64) -> Self {
